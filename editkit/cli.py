@@ -1,0 +1,130 @@
+"""The `editkit` command. Only this module turns errors into exit codes and messages.
+
+Start-up stays light: torch and the model libraries are imported by the commands that use them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import EditkitError
+from .recipe import STAGES
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="editkit")
+def cli() -> None:
+    """Make instruction-following image editors for your domain.
+
+    A recipe picks a plugin for each stage: captions -> render -> filters -> train.
+    """
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins: name, kind, package, version."""
+    from .plugins import registry
+
+    reg = registry()
+    rows = [{"name": p.name, "kind": p.kind, "package": p.package,
+             "distribution": p.distribution, "version": p.version, "builtin": p.builtin}
+            for p in sorted(reg.plugins.values(), key=lambda p: (p.kind, p.name))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        header = ("NAME", "KIND", "PACKAGE", "VERSION")
+        table = [header] + [(r["name"], r["kind"], r["package"] if r["builtin"]
+                             else r["distribution"], r["version"]) for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    reg.check_conflicts()
+
+
+@cli.group(name="recipes")
+def recipes_group() -> None:
+    """Check recipes."""
+
+
+@recipes_group.command(name="validate")
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def validate_command(recipe_file: str, overrides: tuple[str, ...]) -> None:
+    """Validate RECIPE_FILE (with optional key.path=value overrides) and print it resolved."""
+    from .recipe import load_recipe
+
+    recipe = load_recipe(recipe_file, list(overrides))
+    _print_resolved(recipe)
+    click.echo(f"{recipe_file}: ok ({', '.join(recipe.stages())})", err=True)
+
+
+def _print_resolved(recipe: Any) -> None:
+    import yaml
+
+    click.echo(yaml.safe_dump(recipe.resolved(), sort_keys=False).rstrip())
+
+
+@cli.command(name="run")
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Validate and print the resolved recipe; run nothing.")
+@click.option("--fresh", is_flag=True,
+              help="Discard the stages the changed recipe invalidates (all, if none) and redo them.")
+@click.option("--only", type=click.Choice(STAGES), help="Run just this stage.")
+def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fresh: bool,
+                only: str | None) -> None:
+    """Run RECIPE_FILE, resuming whatever its run folder already holds.
+
+    Overrides like render.options.steps=30 win over the file (values parse as YAML).
+    """
+    from .recipe import load_recipe
+
+    recipe = load_recipe(recipe_file, list(overrides))
+    if dry_run:
+        _print_resolved(recipe)
+        return
+    from .runner import run_recipe
+
+    summaries = run_recipe(recipe, fresh=fresh, only=only)
+    for stage, summary in summaries.items():
+        shown = {k: v for k, v in summary.items() if k not in ("stats", "result")}
+        click.echo(f"{stage}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    click.echo(f"run folder: {recipe.output}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .plugins import register_commands, registry
+
+    debug = os.environ.get("EDITKIT_DEBUG", "") not in ("", "0")
+    register_commands(cli)
+    for line in registry().errors:
+        click.echo(line, err=True)
+    try:
+        cli.main(args=argv, prog_name="editkit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted: run the same command again to resume.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EditkitError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: run the same command again to resume.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,161 @@
+import json
+import random
+import signal
+import time
+
+import pytest
+from conftest import write_recipe
+
+from editkit.runs import RecordStore, atomic_write_text
+
+RECIPE = """\
+name: kill
+output: runs/kill
+seed: 5
+captions:
+  use: template
+  count: {count}
+  options: {{batch: 7, max_objects: 3,
+            subjects: [car, house, tree, bicycle, bench, dog, lamp, fence, boat, kiosk],
+            attributes: [red, blue, green, yellow, white, black, wooden, tall, small]}}
+render: {{use: flat, options: {{samples: 2}}}}
+filters:
+  - {{use: pixel-diff, options: {{min_change: 0.5}}}}
+train: {{use: mean-colour}}
+"""
+
+
+def records(folder):
+    out = []
+    for stage in ("captions", "render", "filters/0-pixel-diff"):
+        rows = RecordStore(folder / stage).read()
+        ids = [r["id"] for r in rows]
+        assert len(ids) == len(set(ids)), f"doubled records in {stage}"
+        out.append(sorted(json.dumps(r, sort_keys=True) for r in rows))
+    return out
+
+
+def test_record_store_appends_whole_shards_and_ignores_stale_temp(tmp_path):
+    store = RecordStore(tmp_path / "s")
+    store.append([{"id": "1"}, {"id": "2"}])
+    (tmp_path / "s" / ".shard-000001.jsonl.abc.tmp").write_text('{"id": "half')
+    store = RecordStore(tmp_path / "s")
+    store.append([{"id": "3"}])
+    assert [r["id"] for r in store.read()] == ["1", "2", "3"]
+    assert not list((tmp_path / "s").glob(".*.tmp"))
+
+
+def test_atomic_write_keeps_permissions_readable(tmp_path):
+    atomic_write_text(tmp_path / "f.txt", "x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o044
+
+
+def test_sigkill_at_any_moment_then_resume_equals_uninterrupted(cli, tmp_path):
+    count = 400
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    write_recipe(straight, RECIPE.format(count=count))
+    cli.cwd = straight
+    done = cli("run", "recipe.yaml", "render.options.delay=0.006", plugins=["testkit"])
+    assert done.returncode == 0, done.stderr
+    expected = records(straight / "runs/kill")
+    assert sum('"status": "kept"' in r for r in expected[0]) == count
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    write_recipe(killed, RECIPE.format(count=count))
+    cli.cwd = killed
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(8):
+        proc = cli.popen("run", "recipe.yaml", "render.options.delay=0.006",
+                         plugins=["testkit"])
+        time.sleep(rng.uniform(0.3, 1.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    final = cli("run", "recipe.yaml", "render.options.delay=0.006", plugins=["testkit"])
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3
+    assert records(killed / "runs/kill") == expected
+    weights = json.loads((killed / "runs/kill/train/weights.json").read_text())
+    assert weights == json.loads((straight / "runs/kill/train/weights.json").read_text())
+
+
+def test_changed_recipe_is_refused_with_stage_and_fix(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=10))
+    assert cli("run", "recipe.yaml", plugins=["testkit"]).returncode == 0
+    result = cli("run", "recipe.yaml", "render.options.samples=3", plugins=["testkit"])
+    assert result.returncode == 1
+    assert "changed stage 'render'" in result.stderr
+    assert "render.options.samples: 2 -> 3" in result.stderr
+    assert "--fresh to redo render, filters, train (keeps captions)" in result.stderr
+    before = RecordStore(tmp_path / "runs/kill/captions").read()
+    redo = cli("run", "recipe.yaml", "render.options.samples=3", "--fresh", plugins=["testkit"])
+    assert redo.returncode == 0, redo.stderr
+    assert RecordStore(tmp_path / "runs/kill/captions").read() == before
+    pairs = RecordStore(tmp_path / "runs/kill/render").read()
+    assert {r["sample"] for r in pairs} == {0, 1, 2}
+
+
+def test_more_captions_extend_the_same_stream(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=10))
+    assert cli("run", "recipe.yaml", "--only", "captions", plugins=["testkit"]).returncode == 0
+    first = RecordStore(tmp_path / "runs/kill/captions").read()
+    assert cli("run", "recipe.yaml", "captions.count=20", "--only", "captions",
+               plugins=["testkit"]).returncode == 0
+    more = RecordStore(tmp_path / "runs/kill/captions").read()
+    assert more[:len(first)] == first
+    assert sum(r["status"] == "kept" for r in more) == 20
+
+
+def test_only_a_later_stage_without_its_inputs_is_explained(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=5))
+    result = cli("run", "recipe.yaml", "--only", "render", plugins=["testkit"])
+    assert result.returncode == 1
+    assert "no kept captions to render" in result.stderr
+
+
+def test_second_run_on_a_busy_folder_is_refused(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=400))
+    proc = cli.popen("run", "recipe.yaml", "render.options.delay=0.01", plugins=["testkit"])
+    deadline = time.time() + 30
+    while not (tmp_path / "runs/kill/render").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = cli("run", "recipe.yaml", "render.options.delay=0.01", plugins=["testkit"])
+    proc.kill()
+    proc.wait()
+    assert second.returncode == 1
+    assert "is in use by another editkit run" in second.stderr
+
+
+@pytest.mark.parametrize("word", ["poison"])
+def test_a_black_render_is_a_rejected_record_not_a_failed_run(cli, tmp_path, word):
+    (tmp_path / "t.csv").write_text("input,edit,output\na red car,add poison,a red car and "
+                                    f"{word}\na cat,make it a dog,a dog\n")
+    write_recipe(tmp_path, "name: b\noutput: runs/b\n"
+                 "captions: {use: csv, count: 2, options: {path: t.csv}}\n"
+                 "render: {use: flat}\n")
+    result = cli("run", "recipe.yaml", plugins=["testkit", "csv"])
+    assert result.returncode == 0, result.stderr
+    rows = RecordStore(tmp_path / "runs/b/render").read()
+    rejected = [r for r in rows if r["status"] == "rejected"]
+    assert [r["reason"] for r in rejected] == ["black image (safety checker or NaN)"]
+    assert sum(r["status"] == "kept" for r in rows) == 2
+
+
+def test_dataset_has_the_columns_instructpix2pix_training_reads(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=6))
+    assert cli("run", "recipe.yaml", plugins=["testkit"]).returncode == 0
+    rows = [json.loads(line) for line in
+            (tmp_path / "runs/kill/dataset/metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    for row in rows:
+        assert {"input_image", "edit_prompt", "edited_image", "input", "output", "seed",
+                "scores"} <= set(row)
+        assert (tmp_path / "runs/kill/dataset" / row["input_image"]).exists()
+        assert row["scores"]["change"] >= 0.5
+    manifest = json.loads((tmp_path / "runs/kill/manifest.json").read_text())
+    assert manifest["stages"]["filters"]["kept"] == 12
+    assert manifest["plugins"]["render"]["distribution"] == "editkit-testkit"
