@@ -10,5 +10,6 @@ from .tiny import (  # noqa: F401
     build_tiny_ip2p,
     build_tiny_sd,
     build_tiny_tokenizer,
+    sharpen_attention,
     tiny_model,
 )

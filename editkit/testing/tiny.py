@@ -99,8 +99,11 @@ def _text_config(vocab_size: int, hidden: int = 32) -> dict:
 
 
 def build_tiny_sd(path: str | Path, in_channels: int = 4, prediction_type: str = "epsilon",
-                  sample_size: int = 16, seed: int = 0) -> Path:
-    """A Stable Diffusion pipeline folder (in_channels=8 makes an InstructPix2Pix UNet)."""
+                  sample_size: int = 16, seed: int = 0, sd2: bool = False) -> Path:
+    """A Stable Diffusion pipeline folder (in_channels=8 makes an InstructPix2Pix UNet).
+
+    `sd2=True` uses the SD 2.x UNet layout: linear projections in the transformer blocks,
+    per-block head sizes and upcast attention (pair it with v-prediction)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -115,7 +118,9 @@ def build_tiny_sd(path: str | Path, in_channels: int = 4, prediction_type: str =
         block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8,
+        cross_attention_dim=32,
+        **(dict(attention_head_dim=(4, 8), use_linear_projection=True, upcast_attention=True)
+           if sd2 else dict(attention_head_dim=8)),
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
@@ -183,6 +188,7 @@ def build_tiny_dinov2(path: str | Path, image_size: int = 32, seed: int = 0) -> 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-sd": build_tiny_sd,
     "tiny-sd-v": lambda p: build_tiny_sd(p, prediction_type="v_prediction"),
+    "tiny-sd2": lambda p: build_tiny_sd(p, prediction_type="v_prediction", sd2=True),
     "tiny-ip2p": build_tiny_ip2p,
     "tiny-clip": build_tiny_clip,
     "tiny-dinov2": build_tiny_dinov2,
@@ -219,3 +225,19 @@ def tiny_model(name: str) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def sharpen_attention(unet: "object", gain: float = 8.0) -> "object":
+    """Scale every attention layer's query and key weights by `gain` (in place).
+
+    Random initial weights give near-uniform attention, so attention control has almost
+    nothing to act on; sharpened maps behave like a trained model's for control tests.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, module in unet.named_modules():  # type: ignore[attr-defined]
+            if name.endswith(("attn1", "attn2")):
+                module.to_q.weight.mul_(gain)
+                module.to_k.weight.mul_(gain)
+    return unet

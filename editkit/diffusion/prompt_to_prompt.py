@@ -1,0 +1,106 @@
+"""Prompt-to-Prompt attention control for a batch of (before, after) samples.
+
+- Self-attention injection (as InstructPix2Pix generated its data): for the first
+  `self_steps[s]` steps of sample s, the after-image's self-attention layers use the
+  before-image's attention probabilities, in both guidance halves. Only the before rows are
+  materialised; the after rows reuse them.
+- Cross-attention edits, conditional half only, for the first `cross_steps` steps: `replace`
+  (word swap through a token mapper), `refine` (aligned tokens take the before attention, new
+  tokens keep their own), and a per-token `reweight` on top.
+- An optional `WordMaps` collector for local blending sees the edited probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .control import AttentionController, Layer, attention_probs, fused
+from .word_maps import WordMaps
+
+
+class PromptToPrompt(AttentionController):
+    def __init__(self, *, self_steps: list[int], self_resolution: float = 1.0,
+                 cross: str = "none", cross_steps: int = 0,
+                 mapper: torch.Tensor | None = None,
+                 refine: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 reweight: torch.Tensor | None = None, collector: WordMaps | None = None):
+        if cross == "replace" and mapper is None:
+            raise ValueError("cross='replace' needs a mapper")
+        if cross == "refine" and refine is None:
+            raise ValueError("cross='refine' needs an alignment")
+        self.self_steps = torch.tensor(self_steps)
+        self.min_factor = 1.0 / max(self_resolution, 1e-6) - 1e-6
+        self.cross, self.cross_steps = cross, cross_steps
+        self.mapper, self.refine, self.reweight = mapper, refine, reweight
+        self.collector = collector
+
+    def bind(self, layers: dict[str, Layer]) -> None:
+        super().bind(layers)
+        if self.collector is not None:
+            self.collector.bind(layers)
+
+    def begin(self, latent_hw, layout):  # type: ignore[no-untyped-def]
+        super().begin(latent_hw, layout)
+        if self.collector is not None:
+            self.collector.begin(latent_hw, layout)
+
+    def _cross_active(self) -> bool:
+        editing = self.cross != "none" or self.reweight is not None
+        return editing and self.step < self.cross_steps
+
+    def wants(self, layer: Layer) -> bool:
+        if not layer.cross:
+            return layer.factor >= self.min_factor and bool((self.self_steps > self.step).any())
+        return self._cross_active() or (self.collector is not None and self.collector.wants(layer))
+
+    def attend(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor) -> torch.Tensor:
+        self.count(layer)
+        if layer.cross:
+            return self._cross(layer, attn, query, key, value)
+        return self._self(attn, query, key, value)
+
+    def _self(self, attn: Any, query: torch.Tensor, key: torch.Tensor,
+              value: torch.Tensor) -> torch.Tensor:
+        g, s, b = self.layout
+        q, k, v = (t.view(g, s, b, *t.shape[1:]) for t in (query, key, value))
+        inject = (self.self_steps > self.step).to(query.device)
+        out = torch.empty_like(q)
+        if (~inject).any():
+            keep = ~inject
+            out[:, keep] = fused(q[:, keep].flatten(0, 2), k[:, keep].flatten(0, 2),
+                                 v[:, keep].flatten(0, 2)).view(g, -1, b, *q.shape[3:])
+        probs = attention_probs(attn, q[:, inject, 0], k[:, inject, 0])
+        out[:, inject] = probs.unsqueeze(2) @ v[:, inject]
+        return out.view_as(query)
+
+    def _cross(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor) -> torch.Tensor:
+        half = query.shape[0] // 2
+        uncond = fused(query[:half], key[:half], value[:half])
+        probs = attention_probs(attn, query[half:], key[half:])
+        if self._cross_active():
+            probs = self._edit_cross(probs)
+        if self.collector is not None:
+            self.collector.observe(layer, probs)
+        return torch.cat([uncond, probs @ value[half:]])
+
+    def _edit_cross(self, probs: torch.Tensor) -> torch.Tensor:
+        s = self.layout[1]
+        pairs = probs.view(s, 2, *probs.shape[1:])
+        base, after = pairs[:, 0], pairs[:, 1]
+        if self.cross == "replace":
+            mapper = self.mapper.to(probs.device, probs.dtype)  # type: ignore[union-attr]
+            new = torch.einsum("shqi,sij->shqj", base, mapper)
+        elif self.cross == "refine":
+            index, alpha = (t.to(probs.device) for t in self.refine)  # type: ignore[union-attr]
+            taken = torch.gather(base, -1, index[:, None, None, :].expand_as(base))
+            alpha = alpha.to(probs.dtype)[:, None, None, :]
+            new = taken * alpha + after * (1 - alpha)
+        else:
+            new = after
+        if self.reweight is not None:
+            new = new * self.reweight.to(probs.device, probs.dtype)[:, None, None, :]
+        return torch.stack([base, new], dim=1).view_as(probs)

@@ -1,0 +1,122 @@
+"""One sampling loop for before/after pairs over diffusers components.
+
+Per step the UNet runs once on a batch of 4 x samples: [unconditional | conditional] x
+samples x [before, after]. Both images of a sample start from the same noise (and, with
+ancestral schedulers, draw the same step noise), so they differ only where the prompts and
+the attention controller make them differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .control import AttentionController, attention_control
+from .schedulers import make_scheduler
+
+# latent_hook(step, before, after) -> after: runs after every scheduler step.
+LatentHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PairBatch:
+    """One batch of samples; lists are per sample."""
+
+    before: list[str]
+    after: list[str]
+    seeds: list[int]
+    guidance: list[float]
+    negative: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+def vae_scale(pipe: Any) -> int:
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def latent_size(pipe: Any, height: int, width: int) -> tuple[int, int]:
+    scale = vae_scale(pipe)
+    return height // scale, width // scale
+
+
+@torch.no_grad()
+def encode_prompts(pipe: Any, texts: list[str]) -> torch.Tensor:
+    """Text embeddings, each distinct text encoded once."""
+    unique = list(dict.fromkeys(texts))
+    ids = pipe.tokenizer(unique, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    device = pipe.unet.device
+    embeds = pipe.text_encoder(ids.to(device))[0].to(pipe.unet.dtype)
+    index = torch.tensor([unique.index(t) for t in texts], device=device)
+    return embeds[index]
+
+
+def initial_noise(pipe: Any, seeds: list[int], latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(samples, C, h, w) noise, each sample from its own seed on the CPU (device-independent)."""
+    channels = pipe.unet.config.in_channels
+    noise = [torch.randn((1, channels, *latent_hw), generator=torch.Generator("cpu")
+                         .manual_seed(int(seed)), dtype=torch.float32) for seed in seeds]
+    return torch.cat(noise).to(pipe.unet.device, pipe.unet.dtype)
+
+
+@torch.no_grad()
+def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width: int,
+                 scheduler: str = "default", controller: AttentionController | None = None,
+                 latent_hook: LatentHook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise `batch` and return (before, after) latents, each (samples, C, h, w)."""
+    count = len(batch)
+    latent_hw = latent_size(pipe, height, width)
+    sched = make_scheduler(scheduler, pipe.scheduler.config)
+    sched.set_timesteps(steps, device=pipe.unet.device)
+    cond = [text for pair in zip(batch.before, batch.after) for text in pair]
+    embeds = encode_prompts(pipe, [batch.negative] * (2 * count) + cond)
+    latents = initial_noise(pipe, batch.seeds, latent_hw).repeat_interleave(2, dim=0)
+    latents = latents * sched.init_noise_sigma
+    guidance = torch.tensor(batch.guidance, device=latents.device,
+                            dtype=latents.dtype).repeat_interleave(2).view(-1, 1, 1, 1)
+    step_kwargs: dict[str, Any] = {}
+    if "generator" in inspect.signature(sched.step).parameters:
+        # one generator per image, both images of a sample seeded alike: same step noise
+        step_kwargs["generator"] = [torch.Generator(latents.device).manual_seed(int(s) + 1)
+                                    for s in batch.seeds for _ in range(2)]
+    control = controller or AttentionController()
+    with attention_control(pipe.unet, control) if controller is not None else nullcontext():
+        control.begin(latent_hw, (2, count, 2))
+        timesteps = sched.timesteps
+        for i, t in enumerate(timesteps):
+            control.begin_step(i, len(timesteps))
+            model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
+            noise = pipe.unet(model_in, t, encoder_hidden_states=embeds,
+                              return_dict=False)[0]
+            uncond, text = noise.chunk(2)
+            guided = uncond + guidance * (text - uncond)
+            latents = sched.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+            if latent_hook is not None:
+                pairs = latents.view(count, 2, *latents.shape[1:])
+                after = latent_hook(i, pairs[:, 0], pairs[:, 1])
+                latents = torch.stack([pairs[:, 0], after], dim=1).flatten(0, 1)
+    pairs = latents.view(count, 2, *latents.shape[1:])
+    return pairs[:, 0], pairs[:, 1]
+
+
+@torch.no_grad()
+def decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1], (n, 3, H, W) float32 on the CPU (NaN stays NaN)."""
+    scaling = pipe.vae.config.scaling_factor
+    images = pipe.vae.decode(latents.to(pipe.vae.dtype) / scaling, return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def to_pil(image: torch.Tensor) -> Any:
+    """One (3, H, W) image in [0, 1] -> PIL."""
+    from PIL import Image
+
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    return Image.fromarray(array)

@@ -1,0 +1,126 @@
+"""Attention control and the batched pair sampler, on tiny Stable Diffusion models."""
+
+import numpy as np
+import pytest
+import torch
+
+from editkit.diffusion.control import AttentionController, Layer, attention_control, unet_layers
+from editkit.diffusion.prompt_to_prompt import PromptToPrompt
+from editkit.diffusion.sampling import PairBatch, initial_noise, sample_pairs
+from editkit.diffusion.word_maps import WordMaps
+from editkit.models import load
+from editkit.testing import sharpen_attention
+
+BEFORE, AFTER = "a photo of a red car", "a photo of a blue car"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    pipe = load(StableDiffusionPipeline, "tiny-sd", safety_checker=None,
+                requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    sharpen_attention(pipe.unet)
+    return pipe
+
+
+def batch(n=2, before=BEFORE, after=AFTER, guidance=7.5):
+    return PairBatch(before=[before] * n, after=[after] * n, seeds=list(range(1, n + 1)),
+                     guidance=[guidance] * n)
+
+
+def plain_image(pipe):
+    return np.asarray(pipe(BEFORE, num_inference_steps=3, height=32, width=32,
+                           generator=torch.Generator().manual_seed(3)).images[0])
+
+
+def test_processors_are_restored_after_a_run_and_after_an_error(pipe):
+    reference = plain_image(pipe)
+    original = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+    sample_pairs(pipe, batch(), steps=3, height=32, width=32,
+                 controller=PromptToPrompt(self_steps=[3, 3]))
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == original
+    with pytest.raises(RuntimeError, match="boom"):
+        with attention_control(pipe.unet, AttentionController()):
+            assert all(type(v).__name__ == "ControlledAttnProcessor"
+                       for v in pipe.unet.attn_processors.values())
+            raise RuntimeError("boom")
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == original
+    assert np.array_equal(plain_image(pipe), reference)
+
+
+def test_the_loop_reproduces_diffusers_pipeline_and_the_fused_path_is_exact(pipe):
+    ours = sample_pairs(pipe, batch(1), steps=4, height=32, width=32)
+    controlled = sample_pairs(pipe, batch(1), steps=4, height=32, width=32,
+                              controller=AttentionController())
+    assert torch.equal(ours[0], controlled[0]) and torch.equal(ours[1], controlled[1])
+    noise = initial_noise(pipe, [1], (16, 16))
+    theirs = pipe([BEFORE, AFTER], num_inference_steps=4, height=32, width=32,
+                  guidance_scale=7.5, latents=noise.repeat(2, 1, 1, 1), output_type="latent").images
+    assert torch.allclose(theirs[0], ours[0][0], atol=1e-4)
+    assert torch.allclose(theirs[1], ours[1][0], atol=1e-4)
+
+
+def test_one_batched_unet_call_per_step(pipe):
+    calls = []
+    handle = pipe.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        sample_pairs(pipe, batch(3), steps=5, height=32, width=32,
+                     controller=PromptToPrompt(self_steps=[5, 2, 0]))
+    finally:
+        handle.remove()
+    assert calls == [12] * 5
+
+
+def test_probabilities_are_materialised_only_where_control_applies(pipe):
+    control = PromptToPrompt(self_steps=[2, 1])
+    sample_pairs(pipe, batch(), steps=6, height=32, width=32, controller=control)
+    steps = {step for step, _ in control.materialised}
+    assert steps == {0, 1}
+    assert all(name.endswith("attn1.processor") for _, name in control.materialised)
+    maps = WordMaps(torch.ones(2, 2, pipe.tokenizer.model_max_length))
+    sample_pairs(pipe, batch(), steps=3, height=32, width=32, controller=maps)
+    layers = {name for _, name in maps.materialised}
+    assert layers and all(name.endswith("attn2.processor") for name in layers)
+    assert {unet_layers(pipe.unet)[n].factor for n in layers} == {maps.factor}
+
+
+def test_map_sizes_follow_the_latents_at_any_aspect_ratio(pipe):
+    assert Layer("x", True, 4).map_size((64, 64)) == (16, 16)
+    assert Layer("x", True, 2).map_size((13, 20)) == (7, 10)
+    maps = WordMaps(torch.ones(1, 2, pipe.tokenizer.model_max_length))
+    sample_pairs(pipe, batch(1), steps=2, height=48, width=24, controller=maps)
+    h, w = Layer("", True, maps.factor).map_size((24, 12))
+    assert maps.maps().shape == (1, 2, h, w)
+
+
+def test_same_prompt_with_full_injection_gives_the_same_image(pipe):
+    before, after = sample_pairs(pipe, batch(2, after=BEFORE), steps=4, height=32, width=32,
+                                 controller=PromptToPrompt(self_steps=[4, 4]))
+    assert torch.equal(before, after)
+
+
+def test_injection_brings_the_after_image_closer_over_many_seeds(pipe):
+    n = 12
+    args = dict(steps=4, height=32, width=32)
+    free = sample_pairs(pipe, batch(n), **args, controller=PromptToPrompt(self_steps=[0] * n))
+    held = sample_pairs(pipe, batch(n), **args, controller=PromptToPrompt(self_steps=[4] * n))
+    distance = [(b - a).abs().flatten(1).mean(1) for b, a in (free, held)]
+    closer = (distance[1] < distance[0]).sum().item()
+    assert distance[1].mean() < 0.7 * distance[0].mean(), distance
+    assert closer >= n - 1, distance
+
+
+def test_v_prediction_and_the_sd2_layout_render(pipe):
+    from diffusers import StableDiffusionPipeline
+
+    for name in ("tiny-sd-v", "tiny-sd2"):
+        other = load(StableDiffusionPipeline, name, safety_checker=None,
+                     requires_safety_checker=False)
+        assert other.scheduler.config.prediction_type == "v_prediction"
+        before, after = sample_pairs(other, batch(1, after=BEFORE), steps=3, height=32,
+                                     width=32, controller=PromptToPrompt(self_steps=[3]))
+        assert torch.isfinite(before).all() and torch.equal(before, after)
+    assert other.unet.config.use_linear_projection
