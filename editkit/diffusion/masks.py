@@ -56,8 +56,8 @@ def foreground_mask(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
-    """Soft edges: a Gaussian blur of `radius` (sigma, in pixels of the mask) that keeps
-    the inside at 1 and the far outside at 0."""
+    """Soft edges: a Gaussian blur of `radius` (sigma, in cells of the mask), cut at 3
+    sigma, so the far inside stays 1 and the far outside exactly 0."""
     if radius <= 0:
         return mask
     size = int(2 * round(3 * radius) + 1)
@@ -81,8 +81,9 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read mask image '{path}': {exc}",
                          "give a PNG/JPEG where white marks the region to edit") from exc
-    array = torch.tensor(list(image.getdata()), dtype=torch.float32).view(image.height,
-                                                                          image.width) / 255
+    import numpy as np
+
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
     return F.interpolate(array[None, None], size=size, mode="bilinear", align_corners=False)
 
 

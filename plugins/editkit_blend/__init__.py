@@ -76,8 +76,8 @@ class MaskedBlend(PairRenderer):
             plan["weights"] = torch.stack(weights)
             settings.update(words=words, threshold=opts.threshold)
         else:
-            plan["weights"] = torch.stack([alignment.content_weights(tokenizer, p, length)
-                                           for p in (before, after)])
+            plan["weights"] = torch.stack([alignment.content_weights(tokenizer, before, length),
+                                           torch.zeros(length)])
         return plan
 
     def sample(self, pipe: Any, samples: list[Sample]) -> tuple[Any, Any, Any]:
@@ -111,7 +111,8 @@ class MaskedBlend(PairRenderer):
                     out.append(maskops.attention_mask(maps[i:i + 1], latent_hw,
                                                       opts.threshold)[0])
                 else:
-                    fg = maskops.foreground_mask(maps[i:i + 1].mean(1), latent_hw)[0]
+                    # the source image's own split: the before branch is never blended
+                    fg = maskops.foreground_mask(maps[i:i + 1, 0], latent_hw)[0]
                     out.append(fg if s.plan["source"] == "foreground" else 1 - fg)
             return torch.stack(out)
 
