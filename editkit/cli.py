@@ -93,6 +93,8 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
     from .runner import run_recipe
 
     summaries = run_recipe(recipe, fresh=fresh, only=only)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under accelerate launch the main process reports
     for stage, summary in summaries.items():
         shown = {k: v for k, v in summary.items() if k not in ("stats", "result")}
         click.echo(f"{stage}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))

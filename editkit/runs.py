@@ -64,13 +64,27 @@ def fingerprint(data: Any) -> str:
 
 
 class RecordStore:
-    """Append-only JSONL records of one stage, in shards written atomically."""
+    """Append-only JSONL records of one stage, in shards written atomically.
 
-    def __init__(self, directory: Path):
+    `writer` names this process's shards (`shard-<writer>-000000.jsonl`) so several processes
+    can append to one stage at once without racing for shard numbers; `read` sees them all.
+    The default writer keeps the single-process names (`shard-000000.jsonl`).
+    """
+
+    def __init__(self, directory: Path, writer: str = ""):
         self.directory = Path(directory)
+        self.writer = writer
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(f".{SHARD_PREFIX}*.tmp"):
-            stale.unlink(missing_ok=True)  # a write interrupted before its rename
+        for stale in self.directory.glob(f".{self._own_prefix()}*.tmp"):
+            if self._owns(stale.name[1:].split(SHARD_SUFFIX)[0] + SHARD_SUFFIX):
+                stale.unlink(missing_ok=True)  # a write of ours interrupted before its rename
+
+    def _own_prefix(self) -> str:
+        return f"{SHARD_PREFIX}{self.writer}-" if self.writer else SHARD_PREFIX
+
+    def _owns(self, name: str) -> bool:
+        rest = name[len(self._own_prefix()):]
+        return name.startswith(self._own_prefix()) and rest[:6].isdigit()
 
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}"))
@@ -85,9 +99,11 @@ class RecordStore:
     def append(self, records: list[dict[str, Any]]) -> Path | None:
         if not records:
             return None
-        shards = self.shards()
-        number = int(shards[-1].name[len(SHARD_PREFIX):-len(SHARD_SUFFIX)]) + 1 if shards else 0
-        path = self.directory / f"{SHARD_PREFIX}{number:06d}{SHARD_SUFFIX}"
+        prefix = self._own_prefix()
+        numbers = [int(p.name[len(prefix):-len(SHARD_SUFFIX)]) for p in self.shards()
+                   if self._owns(p.name)]
+        number = max(numbers) + 1 if numbers else 0
+        path = self.directory / f"{prefix}{number:06d}{SHARD_SUFFIX}"
         text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         atomic_write_text(path, text)
         return path
@@ -106,8 +122,8 @@ class RunFolder:
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage
 
-    def store(self, stage: str) -> RecordStore:
-        return RecordStore(self.stage_dir(stage))
+    def store(self, stage: str, writer: str = "") -> RecordStore:
+        return RecordStore(self.stage_dir(stage), writer)
 
     # --- the lock: two processes writing one run folder would double records --------------
 

@@ -28,6 +28,8 @@ class StageContext:
     run: RunFolder
     progress: Any  # editkit.console.Progress-like: add(label, total) -> update(n)
     summary: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0  # this process, of `world` (accelerate launch); stages shard by rank
+    world: int = 1
 
 
 def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -128,17 +130,24 @@ def kept_records(run: RunFolder, stage: str) -> list[dict[str, Any]]:
 # --- render -----------------------------------------------------------------------------
 
 
-def run_render(ctx: StageContext, rank: int = 0, world: int = 1) -> dict[str, Any]:
+def run_render(ctx: StageContext) -> dict[str, Any]:
+    render_share(ctx)
+    return render_summary(ctx.run)
+
+
+def render_share(ctx: StageContext) -> None:
+    """Render this process's share: triplet i belongs to rank i % world, so the split is
+    the same whatever is already done, and every process writes its own shards."""
     triplets = kept_records(ctx.run, "captions")
     if ctx.recipe.model.captions is not None:
         triplets = triplets[:ctx.recipe.model.captions.count]
     if not triplets:
         raise RunError("render: there are no kept captions to render",
                        "run the captions stage first (editkit run RECIPE --only captions)")
-    store = ctx.run.store("render")
+    store = ctx.run.store("render", writer=f"r{ctx.rank}" if ctx.world > 1 else "")
     done = {r["triplet_id"] for r in store.read()}
-    todo = [t for t in triplets if t["id"] not in done]
-    todo = todo[rank::world]
+    todo = [t for i, t in enumerate(triplets)
+            if i % ctx.world == ctx.rank and t["id"] not in done]
     bar = ctx.progress.add("render", total=len(triplets), completed=len(triplets) - len(todo))
     if todo:
         renderer = ctx.recipe.plugins["render"].create()
@@ -150,10 +159,18 @@ def run_render(ctx: StageContext, rank: int = 0, world: int = 1) -> dict[str, An
                                                      work_dir=ctx.run.stage_dir("render"))))
             store.append(_pair_records(group, results, image_dir))
             bar.advance(len(group))
-    records = store.read()
+
+
+def render_summary(run: RunFolder) -> dict[str, Any]:
+    records = run.store("render").read()
     kept = sum(r["status"] == KEPT for r in records)
     return {"pairs": kept, "rejected": len(records) - kept,
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED))}
+
+
+def rendered_pairs(run: RunFolder) -> list[dict[str, Any]]:
+    """Kept pairs in triplet and sample order, however many processes wrote them."""
+    return sorted(kept_records(run, "render"), key=lambda r: (r["triplet_id"], r["sample"]))
 
 
 def _pair_records(group: list[dict[str, Any]], results: list[Any],
@@ -211,7 +228,7 @@ def image_problem(image: Any) -> str | None:
 
 
 def run_filters(ctx: StageContext) -> dict[str, Any]:
-    pairs = kept_records(ctx.run, "render")
+    pairs = rendered_pairs(ctx.run)
     render_dir = ctx.run.stage_dir("render")
     for pair in pairs:
         pair["before_path"] = str(render_dir / pair["before"])
@@ -295,7 +312,7 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     dataset = ctx.run.path / "dataset"
     if ctx.recipe.model.render is not None:
         if ctx.recipe.model.filters == [] and not (dataset / "metadata.jsonl").exists():
-            write_dataset(ctx.run, kept_records(ctx.run, "render"))
+            write_dataset(ctx.run, rendered_pairs(ctx.run))
         if not (dataset / "metadata.jsonl").exists():
             raise RunError("train: the run has no dataset yet",
                            "run the render and filters stages first")
