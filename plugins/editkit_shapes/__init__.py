@@ -3,3 +3,12 @@
 `world` draws scenes of one or two coloured shapes on a coloured background and writes their
 captions; `oracle` reads the attributes back from any image of the world.
 """
+
+from editkit import hookimpl
+
+
+@hookimpl
+def register_caption_generators(register):
+    from .captions import ShapesCaptions
+
+    register(ShapesCaptions)

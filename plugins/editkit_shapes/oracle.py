@@ -1,9 +1,8 @@
 """Read a shapes-world scene back from an image: the judge for every stage's quality.
 
-Background: the commonest colour along the border. Shapes: connected regions that differ
-from it, each classified by colour (nearest palette entry), kind (how much of its bounding
-box it fills: squares ~1, circles ~pi/4, triangles ~1/2), size (box side) and grid cell
-(centroid). Works on generated images too, where edges are soft and colours drift.
+Background: the commonest colour along the border. Shapes: connected regions of pixels nearer
+a shape colour than the background, each classified by colour (nearest palette entry), kind
+(which corners of its box it fills), size (box side) and grid cell (box centre). Works on generated images too, where edges are soft and colours drift.
 """
 
 from __future__ import annotations
@@ -47,13 +46,33 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     return regions
 
 
+def _kind(region: np.ndarray, top: int, left: int, height: int, width: int) -> str:
+    """Squares fill all four corners of their box, triangles (apex up) the bottom two,
+    circles none: robust to soft edges where fill ratios are not."""
+    local = np.zeros((height, width), bool)
+    local[region[:, 0] - top, region[:, 1] - left] = True
+    k = max(1, min(height, width) // 6)
+    corners = [local[:k, :k].mean(), local[:k, -k:].mean(), local[-k:, :k].mean(),
+               local[-k:, -k:].mean()]
+    filled = [c > 0.5 for c in corners]
+    if sum(filled) >= 3:
+        return "square"
+    if filled[2] and filled[3]:
+        return "triangle"
+    return "circle"
+
+
 def read_scene(image: Any) -> Scene:
     """The scene an image of the world shows (best guess for every attribute)."""
     pixels = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background, _ = _nearest(np.median(border, axis=0), BACKGROUNDS)
+    # a pixel is foreground when it is nearer some shape colour than the background colour
     bg = np.array(BACKGROUNDS[background], np.float32)
-    differs = np.linalg.norm(pixels - bg, axis=2) > 60
+    palette = np.array(list(COLOURS.values()), np.float32)
+    to_bg = np.linalg.norm(pixels - bg, axis=2)
+    to_shape = np.linalg.norm(pixels[:, :, None, :] - palette, axis=3).min(axis=2)
+    differs = to_shape < to_bg
     shapes = []
     for region in _components(differs):
         if len(region) < MIN_AREA:
@@ -62,8 +81,7 @@ def read_scene(image: Any) -> Scene:
         colour, _ = _nearest(np.median(pixels[ys, xs], axis=0), COLOURS)
         height = ys.max() - ys.min() + 1
         width = xs.max() - xs.min() + 1
-        fill = len(region) / float(height * width)
-        kind = "square" if fill > 0.9 else "circle" if fill > 0.66 else "triangle"
+        kind = _kind(region, ys.min(), xs.min(), height, width)
         side = max(height, width)
         size = "small" if side < (SIZES["small"] + SIZES["large"]) / 2 else "large"
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2

@@ -24,3 +24,22 @@ def test_oracle_sees_a_single_changed_attribute():
 def test_caption_names_every_attribute():
     scene = Scene((Shape("triangle", "yellow", "small", "middle", "center"),), "black")
     assert scene.caption() == "a small yellow triangle in the center on a black background"
+
+
+def test_shapes_triplets_are_one_true_edit_each():
+    from editkit.kinds import CaptionJob
+    from editkit.triplets import check_triplet
+    from editkit_shapes.captions import ShapesCaptions, scene_from_dict
+
+    generator = ShapesCaptions(ShapesCaptions.Options(batch=50))
+    triplets = next(iter(generator.generate(CaptionJob(count=50, seed=3))))
+    assert {t["edit_kind"] for t in triplets} == {"colour", "kind", "size", "background",
+                                                 "add", "remove"}
+    for t in triplets:
+        assert check_triplet(t) is None, t
+        before, after = scene_from_dict(t["scene_before"]), scene_from_dict(t["scene_after"])
+        assert before.caption() == t["input"] and after.caption() == t["output"]
+        assert not same_scene(before, after)
+        # the oracle sees exactly the stated change in clean renders
+        assert same_scene(read_scene(draw(after)), after)
+    assert triplets == next(iter(generator.generate(CaptionJob(count=50, seed=3))))
