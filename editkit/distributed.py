@@ -81,7 +81,9 @@ def processes() -> Processes:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return Processes()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # without cpu=True accelerate leaves CPU-only processes unconnected (gloo is its CPU backend)
+    state = PartialState(cpu=not torch.cuda.is_available())
     return Processes(rank=state.process_index, world=state.num_processes)
