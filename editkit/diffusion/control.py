@@ -79,7 +79,8 @@ class AttentionController:
     def begin(self, latent_hw: tuple[int, int], layout: tuple[int, int, int]) -> None:
         self.latent_hw = latent_hw
         self.layout = layout
-        self.materialised: dict[tuple[int, str], int] = {}
+        self.controlled: dict[tuple[int, str], int] = {}  # (step, layer) -> calls
+        self.materialised: dict[tuple[int, str], int] = {}  # ... that computed probabilities
 
     def begin_step(self, step: int, steps: int) -> None:
         self.step, self.steps = step, steps
@@ -100,9 +101,12 @@ class AttentionController:
         self.count(layer)
         return probs @ value
 
-    def count(self, layer: Layer) -> None:
+    def count(self, layer: Layer, materialised: bool = True) -> None:
+        """Bookkeeping of where control ran (and where it materialised probabilities)."""
         key = (self.step, layer.name)
-        self.materialised[key] = self.materialised.get(key, 0) + 1
+        self.controlled[key] = self.controlled.get(key, 0) + 1
+        if materialised:
+            self.materialised[key] = self.materialised.get(key, 0) + 1
 
 
 def fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 - Self-attention injection (as InstructPix2Pix generated its data): for the first
   `self_steps[s]` steps of sample s, the after-image's self-attention layers use the
-  before-image's attention probabilities, in both guidance halves. Only the before rows are
-  materialised; the after rows reuse them.
+  before-image's attention probabilities, in both guidance halves. Since those are
+  softmax(q_before k_before^T), the fused kernel computes them from the before branch's
+  queries and keys: nothing is materialised and the cost is that of plain attention.
 - Cross-attention edits, conditional half only, for the first `cross_steps` steps: `replace`
   (word swap through a token mapper), `refine` (aligned tokens take the before attention, new
   tokens keep their own), and a per-token `reweight` on top.
@@ -57,24 +58,23 @@ class PromptToPrompt(AttentionController):
 
     def attend(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:
-        self.count(layer)
+        self.count(layer, materialised=layer.cross)
         if layer.cross:
             return self._cross(layer, attn, query, key, value)
         return self._self(attn, query, key, value)
 
     def _self(self, attn: Any, query: torch.Tensor, key: torch.Tensor,
               value: torch.Tensor) -> torch.Tensor:
+        """softmax(q_before k_before^T) v_after for injected samples: the before-image's
+        probabilities applied to the after-image's values. That is scaled-dot-product
+        attention with the before branch's queries and keys, so the fused kernel computes it
+        in the same single call as every other row, with no probabilities materialised."""
         g, s, b = self.layout
-        q, k, v = (t.view(g, s, b, *t.shape[1:]) for t in (query, key, value))
         inject = (self.self_steps > self.step).to(query.device)
-        out = torch.empty_like(q)
-        if (~inject).any():
-            keep = ~inject
-            out[:, keep] = fused(q[:, keep].flatten(0, 2), k[:, keep].flatten(0, 2),
-                                 v[:, keep].flatten(0, 2)).view(g, -1, b, *q.shape[3:])
-        probs = attention_probs(attn, q[:, inject, 0], k[:, inject, 0])
-        out[:, inject] = probs.unsqueeze(2) @ v[:, inject]
-        return out.view_as(query)
+        q, k = (t.view(g, s, b, *t.shape[1:]).clone() for t in (query, key))
+        q[:, inject, 1] = q[:, inject, 0]
+        k[:, inject, 1] = k[:, inject, 0]
+        return fused(q.view_as(query), k.view_as(key), value)
 
     def _cross(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:

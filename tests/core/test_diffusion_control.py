@@ -77,9 +77,15 @@ def test_one_batched_unet_call_per_step(pipe):
 def test_probabilities_are_materialised_only_where_control_applies(pipe):
     control = PromptToPrompt(self_steps=[2, 1])
     sample_pairs(pipe, batch(), steps=6, height=32, width=32, controller=control)
-    steps = {step for step, _ in control.materialised}
-    assert steps == {0, 1}
-    assert all(name.endswith("attn1.processor") for _, name in control.materialised)
+    assert {step for step, _ in control.controlled} == {0, 1}
+    assert all(name.endswith("attn1.processor") for _, name in control.controlled)
+    assert control.materialised == {}  # injection runs in the fused kernel
+    n = pipe.tokenizer.model_max_length
+    control = PromptToPrompt(self_steps=[0, 0], cross="refine", cross_steps=2,
+                             refine=(torch.arange(n).repeat(2, 1), torch.ones(2, n)))
+    sample_pairs(pipe, batch(), steps=6, height=32, width=32, controller=control)
+    assert {step for step, _ in control.materialised} == {0, 1}
+    assert all(name.endswith("attn2.processor") for _, name in control.materialised)
     maps = WordMaps(torch.ones(2, 2, pipe.tokenizer.model_max_length))
     sample_pairs(pipe, batch(), steps=3, height=32, width=32, controller=maps)
     layers = {name for _, name in maps.materialised}
