@@ -27,6 +27,7 @@ class TokenLimit:
             self.tokenizer = load(AutoTokenizer, model, "tokenizer")
         limit = getattr(self.tokenizer, "model_max_length", CLIP_MAX) or CLIP_MAX
         self.limit = int(limit) if limit <= 4096 else CLIP_MAX
+        self.tokenizer.model_max_length = 10**6  # we count; the library need not warn
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, truncation=False)["input_ids"])

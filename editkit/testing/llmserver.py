@@ -3,7 +3,7 @@
 Tests and benchmarks point the real `openai` and `ollama` clients at it. Each request takes
 the next entry of `faults` (thread-safe; "ok" when the script is empty), so a test says
 exactly what the server does: "429" (with Retry-After), "500", "quota", "401", "404",
-"malformed", "truncated", "refusal", "slow". Good replies hold unique, valid triplets (the
+"malformed", "truncated", "refusal", "slow"; "tags-500" is for Ollama's model listing. Good replies hold unique, valid triplets (the
 running request number is in every caption), so losing or repeating one is visible.
 """
 
@@ -91,8 +91,12 @@ class LLMServer:
 
             def do_GET(self) -> None:
                 if self.path == "/api/tags":
-                    fault = server.next_fault(self.path, None)
-                    if fault == "500":
+                    with server.lock:  # only "tags-*" faults are meant for the listing
+                        fault = server.faults.pop(0) if server.faults and \
+                            server.faults[0].startswith("tags-") else "ok"
+                        server.log.append({"path": self.path, "fault": fault, "body": None,
+                                           "t": time.monotonic()})
+                    if fault == "tags-500":
                         return self.send_json(500, {"error": "internal error"})
                     return self.send_json(200, {"models": [
                         {"name": m, "model": m, "modified_at": "2026-01-01T00:00:00Z",
