@@ -18,7 +18,7 @@ from abc import abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydantic import Field
 
@@ -171,18 +171,18 @@ class Usage:
             data.setdefault(key, 0)
         return cls(path, data)
 
-    def add(self, **counts: int) -> None:
+    def add(self, extra: Callable[[dict[str, Any]], dict[str, Any]], **counts: int) -> None:
+        """Count, refresh the derived stats (`extra`), and save, from any worker thread."""
         with self.lock:
             for key, n in counts.items():
                 self.data[key] = self.data.get(key, 0) + n
+            self.data.update(extra(self.data))
+            if self.path is not None:
+                atomic_write_json(self.path, self.data)
 
-    def save(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            self.data.update(extra)
-            snapshot = dict(self.data)
-        if self.path is not None:
-            atomic_write_json(self.path, snapshot)
-        return snapshot
+            return dict(self.data)
 
 
 class LLMCaptions(CaptionGenerator):
@@ -231,29 +231,40 @@ class LLMCaptions(CaptionGenerator):
         self._pause_lock = threading.Lock()
         pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="llm")
         inflight: dict[Future[Any], int] = {}
-        number = 0
+        counter = iter(range(2**62))
         yielded = 0
         failed_in_row = 0
+
+        def top_up(pending: int) -> None:
+            """Keep `concurrency` requests in flight while more triplets may be needed:
+            kept so far, plus replies not yet handed over, plus requests in flight, each
+            discounted by the share of triplets the stage has kept so far."""
+            rate = max(0.05, job.kept / yielded) if yielded else 1.0
+            while (len(inflight) < opts.concurrency and job.kept
+                   + (pending + len(inflight) * opts.per_request) * rate < job.count):
+                number = next(counter)
+                rng = random.Random(f"editkit-llm:{job.seed}:{job.start}:{number}")
+                messages = build_messages(pack, domain, opts.per_request, opts.examples,
+                                          opts.annotate, rng)
+                future = pool.submit(self._request, messages, schema, rng.randrange(2**31),
+                                     usage)
+                inflight[future] = number
+
         try:
             while True:
-                rate = max(0.05, job.kept / yielded) if yielded else 1.0
-                while (len(inflight) < opts.concurrency
-                       and job.kept + len(inflight) * opts.per_request * rate < job.count):
-                    rng = random.Random(f"editkit-llm:{job.seed}:{job.start}:{number}")
-                    messages = build_messages(pack, domain, opts.per_request, opts.examples,
-                                              opts.annotate, rng)
-                    future = pool.submit(self._request, messages, schema,
-                                         rng.randrange(2**31), usage)
-                    inflight[future] = number
-                    number += 1
+                top_up(0)
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                replies = []
                 for future in sorted(done, key=inflight.__getitem__):
                     del inflight[future]
-                    items = future.result()  # a fatal EditkitError propagates from here
+                    replies.append(future.result())  # a fatal EditkitError propagates
+                # the next requests leave before this batch is written to disk
+                top_up(sum(len(items) for items in replies))
+                job.stats["llm"] = usage.snapshot()
+                for items in replies:
                     failed = len(items) == 1 and isinstance(items[0], Reject) and \
                         items[0].reason == "request failed"
                     failed_in_row = failed_in_row + 1 if failed else 0
-                    job.stats["llm"] = usage.save(self.extra_stats(usage.data))
                     if failed_in_row >= opts.max_failed_requests:
                         assert isinstance(items[0], Reject)
                         raise RunError(
@@ -287,14 +298,14 @@ class LLMCaptions(CaptionGenerator):
                 if exc.after is not None:  # the server asked everyone to wait
                     with self._pause_lock:
                         self._pause_until = max(self._pause_until, time.monotonic() + delay)
-                usage.add(retries=1)
+                usage.add(self.extra_stats, retries=1)
                 if self._stop.wait(delay):
                     return []
                 continue
-            usage.add(requests=1, prompt_tokens=reply.prompt_tokens,
+            usage.add(self.extra_stats, requests=1, prompt_tokens=reply.prompt_tokens,
                       completion_tokens=reply.completion_tokens)
             return self.review(parse_reply(reply))
-        usage.add(failed_requests=1)
+        usage.add(self.extra_stats, failed_requests=1)
         return [Reject("request failed", f"{last} (after {opts.max_retries} retries)")]
 
     def _wait_for_pause(self) -> None:
