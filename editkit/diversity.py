@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+import json
+import sys
+from pathlib import Path
 from typing import Any, Iterable
 
 from .triplets import _WORD
@@ -65,3 +68,30 @@ def triplet_diversity(triplets: list[dict[str, Any]]) -> dict[str, Any]:
     """Diversity of the captions (inputs and outputs) and of the instructions (edits)."""
     return {"captions": diversity(t[k] for t in triplets for k in ("input", "output")),
             "instructions": diversity(t["edit"] for t in triplets)}
+
+
+def comparison_table(runs: list[Path]) -> str:
+    """One row per run folder: generator, model, kept, rejected, diversity of captions and
+    instructions, cost; from each manifest's captions summary."""
+    header = ["run", "generator", "model", "kept", "rejected", "cap MTLD", "cap Guiraud",
+              "cap Yule K", "ins MTLD", "ins Guiraud", "ins Yule K", "cost USD"]
+    rows = [header]
+    for run in runs:
+        manifest = json.loads((Path(run) / "manifest.json").read_text())
+        summary = manifest.get("stages", {}).get("captions", {})
+        llm = summary.get("stats", {}).get("llm", {})
+        div = summary.get("diversity", {})
+        cap, ins = div.get("captions", {}), div.get("instructions", {})
+        cost = llm.get("cost_usd")
+        rows.append([str(run), manifest.get("plugins", {}).get("captions", {}).get("use", "?"),
+                     str(llm.get("model", "-")), str(summary.get("kept", "-")),
+                     str(summary.get("rejected", "-")),
+                     *(str(d.get(k, "-")) for d in (cap, ins)
+                       for k in ("mtld", "guiraud", "yule_k")),
+                     "-" if cost is None else f"{cost:.4f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+if __name__ == "__main__":  # python -m editkit.diversity RUN_FOLDER...
+    print(comparison_table([Path(p) for p in sys.argv[1:]]))

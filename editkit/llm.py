@@ -129,7 +129,22 @@ def parse_reply(reply: Reply) -> list[dict[str, Any] | Reject]:
         return [Reject("invalid schema", f'expected {{"triplets": [...]}}: {snippet}')]
     if not data["triplets"]:
         return [Reject("empty reply", snippet)]
-    return list(data["triplets"])
+    return [_clean(item) for item in data["triplets"]]
+
+
+def _clean(item: Any) -> Any:
+    """Keep only the schema's fields, and the optional ones only when well-formed, so a
+    loose server (a non-strict one) cannot put stray keys into the records."""
+    if not isinstance(item, dict):
+        return item
+    out = {k: item[k] for k in ("input", "edit", "output") if k in item}
+    if item.get("edit_kind") in EDIT_KINDS:
+        out["edit_kind"] = item["edit_kind"]
+    if isinstance(item.get("words"), list) and all(isinstance(w, str) for w in item["words"]):
+        out["words"] = item["words"]
+    if item.get("region") in REGIONS:
+        out["region"] = item["region"]
+    return out
 
 
 def retry_after(headers: Any) -> float | None:

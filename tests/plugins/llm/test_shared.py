@@ -1,6 +1,8 @@
 """What all LLM generators share: domain packs, parsing, diversity, the token check."""
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -42,6 +44,11 @@ def test_unknown_pack_lists_the_built_ins():
 def test_replies_parse_into_triplets_or_one_reject_with_a_reason():
     good = Reply(json.dumps({"triplets": [{"input": "a", "edit": "b", "output": "c"}]}))
     assert parse_reply(good) == [{"input": "a", "edit": "b", "output": "c"}]
+    loose = Reply(json.dumps({"triplets": [{"input": "a", "edit": "b", "output": "c",
+                                            "id": "x", "status": "kept", "words": "red",
+                                            "region": "background", "edit_kind": "melt"}]}))
+    assert parse_reply(loose) == [{"input": "a", "edit": "b", "output": "c",
+                                   "region": "background"}]
     cases = {"truncated reply": Reply('{"trip', finish="length"),
              "refused": Reply(None, refusal="no"), "malformed JSON": Reply("{nope"),
              "invalid schema": Reply('[1, 2]'), "empty reply": Reply('{"triplets": []}')}
@@ -96,6 +103,12 @@ captions:
     for part in ("captions", "instructions"):
         stats = summary["diversity"][part]
         assert stats["tokens"] > 0 and stats["mtld"] > 0 and stats["yule_k"] > 0
+    table = subprocess.run([sys.executable, "-m", "editkit.diversity", str(tmp_path / "run")],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[0].split()[:4] == ["run", "generator", "model", "kept"]
+    row = table[1].split()
+    assert row[1] == "template" and row[3] == "30"
+    assert row[5] == str(summary["diversity"]["captions"]["mtld"])
 
 
 @pytest.mark.parametrize("name", ["streetview", "interior"])
