@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .diversity import triplet_diversity
 from .errors import RunError
 from .kinds import CaptionJob, FilterJob, RenderJob, Reject, TrainJob
 from .recipe import Recipe
-from .diversity import triplet_diversity
 from .runs import RunFolder, atomic_save_image, atomic_write_text, fingerprint
 from .tokens import TokenLimit, tokenizer_ref
 from .triplets import check_triplet, dedupe_key
@@ -90,8 +90,8 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
                 )
         stats = job.stats
     records = store.read()
-    kept_records_ = [r for r in records if r["status"] == KEPT]
-    kept_n = len(kept_records_)
+    final = [r for r in records if r["status"] == KEPT]
+    kept_n = len(final)
     if kept_n < spec.count:
         raise RunError(
             f"captions: the generator stopped after {kept_n} of {spec.count} triplets",
@@ -101,7 +101,7 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED)),
             "edit_kinds": dict(Counter(r.get("edit_kind", "other") for r in records
                                        if r["status"] == KEPT)),
-            "diversity": triplet_diversity(kept_records_),
+            "diversity": triplet_diversity(final),
             "token_check": (f"{token_ref} tokenizer" if token_ref else
                             "off: no render model; set captions.tokenizer"),
             "stats": stats}
