@@ -31,6 +31,7 @@ def test_structured_requests_fill_the_count_and_record_usage_and_cost(tmp_path, 
     assert {r["edit_kind"] for r in kept} == {"add"} and kept[0]["words"] == ["red", "bicycle"]
     calls = server.chat_requests()
     assert len(calls) == 3  # 10 + 10 + 10, never a fourth
+    assert server.max_concurrent == 2  # bounded by concurrency, and used
     body = calls[0]["body"]
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["strict"] is True
@@ -138,3 +139,13 @@ def test_killed_stage_resumes_to_the_count_losing_only_requests_in_flight(cli, t
     assert len({r["id"] for r in recs}) == len(recs)
     assert len({r["input"] for r in kept}) == 60
     assert made <= 60 + 2 * 5  # at most the two requests in flight at the kill were lost
+
+
+def test_domain_and_examples_options_shape_the_prompt(tmp_path, server):
+    path = recipe_file(tmp_path, "openai", 3, opts(server, per_request=3, examples=0,
+                                                   domain="harbour towns at night"))
+    run(path)
+    (call,) = server.chat_requests()
+    system, user = call["body"]["messages"]
+    assert "harbour towns at night" in system["content"] and "{domain}" not in system["content"]
+    assert '{"input"' not in user["content"] and "Write 3 new triplets" in user["content"]
