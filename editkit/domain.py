@@ -15,6 +15,8 @@ import yaml
 
 from .errors import InputError
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster when present
+
 GENERIC_SYSTEM = """You write training data for an instruction-following image editor of {domain}.
 Each item is a triplet: "input" is a caption of a photograph, "edit" is one short instruction,
 and "output" is the caption of the same photograph after exactly that edit and nothing else.
@@ -65,10 +67,10 @@ def load_pack(ref: str | None) -> DomainPack:
         return DomainPack("generic", "photographs", GENERIC_SYSTEM)
     folder = find_pack(ref)
     try:
-        meta = yaml.safe_load((folder / "pack.yaml").read_text(encoding="utf-8")) or {}
+        meta = yaml.load((folder / "pack.yaml").read_text(encoding="utf-8"), _LOADER) or {}
         system = (folder / meta.get("system", "system.md")).read_text(encoding="utf-8")
-        examples = yaml.safe_load((folder / meta.get("examples", "examples.yaml"))
-                                  .read_text(encoding="utf-8")) or []
+        examples = yaml.load((folder / meta.get("examples", "examples.yaml"))
+                             .read_text(encoding="utf-8"), _LOADER) or []
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"domain pack '{ref}' cannot be read: {exc}",
                          "it needs pack.yaml, a system prompt file and an examples file") from None

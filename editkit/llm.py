@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator
 from pydantic import Field
 
 from .domain import DomainPack, load_pack
-from .errors import RunError
+from .errors import EditkitError, RunError
 from .kinds import CaptionGenerator, CaptionJob, PluginOptions, Reject
 from .runs import atomic_write_json
 
@@ -265,29 +266,39 @@ class LLMCaptions(CaptionGenerator):
                                      usage)
                 inflight[future] = number
 
+        ready: deque[list[dict[str, Any] | Reject]] = deque()
+        fatal: EditkitError | None = None
         try:
             while True:
-                top_up(0)
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                replies = []
+                # harvest every finished request (block only when nothing is ready) and send
+                # their replacements before a batch is handed over to be written
+                done, _ = wait(inflight, timeout=0 if ready else None,
+                               return_when=FIRST_COMPLETED)
                 for future in sorted(done, key=inflight.__getitem__):
                     del inflight[future]
-                    replies.append(future.result())  # a fatal EditkitError propagates
-                # the next requests leave before this batch is written to disk
-                top_up(sum(len(items) for items in replies))
+                    try:
+                        ready.append(future.result())
+                    except EditkitError as exc:  # fatal: hand over what came back, then stop
+                        fatal = fatal or exc
+                if fatal is None:
+                    top_up(sum(len(items) for items in ready))
+                elif not ready:
+                    raise fatal
+                if not ready:
+                    continue
+                items = ready.popleft()
                 job.stats["llm"] = usage.snapshot()
-                for items in replies:
-                    failed = len(items) == 1 and isinstance(items[0], Reject) and \
-                        items[0].reason == "request failed"
-                    failed_in_row = failed_in_row + 1 if failed else 0
-                    if failed_in_row >= opts.max_failed_requests:
-                        assert isinstance(items[0], Reject)
-                        raise RunError(
-                            f"captions: {failed_in_row} requests in a row failed after "
-                            f"{opts.max_retries} retries each (last: {items[0].detail})",
-                            "check the server and the model; running again resumes")
-                    yielded += len(items)
-                    yield items
+                failed = len(items) == 1 and isinstance(items[0], Reject) and \
+                    items[0].reason == "request failed"
+                failed_in_row = failed_in_row + 1 if failed else 0
+                if failed_in_row >= opts.max_failed_requests:
+                    assert isinstance(items[0], Reject)
+                    raise RunError(
+                        f"captions: {failed_in_row} requests in a row failed after "
+                        f"{opts.max_retries} retries each (last: {items[0].detail})",
+                        "check the server and the model; running again resumes")
+                yielded += len(items)
+                yield items
         finally:
             self._stop.set()
             pool.shutdown(wait=False, cancel_futures=True)

@@ -23,7 +23,12 @@ def opts(server, **extra):
     return {"base_url": server.url + "/v1", "domain_pack": "streetview", **FAST, **extra}
 
 
-def test_structured_requests_fill_the_count_and_record_usage_and_cost(tmp_path, server):
+def test_structured_requests_fill_the_count_and_record_usage_and_cost(tmp_path):
+    with LLMServer(delay=0.1) as server:
+        structured_requests(tmp_path, server)
+
+
+def structured_requests(tmp_path, server):
     path = recipe_file(tmp_path, "openai", 25, opts(server, per_request=10, concurrency=2))
     summary = run(path)["captions"]
     kept = [r for r in records(tmp_path) if r["status"] == "kept"]
@@ -149,3 +154,16 @@ def test_domain_and_examples_options_shape_the_prompt(tmp_path, server):
     system, user = call["body"]["messages"]
     assert "harbour towns at night" in system["content"] and "{domain}" not in system["content"]
     assert '{"input"' not in user["content"] and "Write 3 new triplets" in user["content"]
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_stays_within_1_2x_of_the_concurrency_limit():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "captions.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "worst editkit/theory" in result.stdout
