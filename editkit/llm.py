@@ -315,6 +315,8 @@ class LLMCaptions(CaptionGenerator):
                 return []
             try:
                 reply = self.send(messages, schema, self.reply_tokens(), seed)
+            except (EditkitError, KeyboardInterrupt):
+                raise
             except Retry as exc:
                 last = exc.reason
                 if attempt == opts.max_retries:
@@ -328,6 +330,10 @@ class LLMCaptions(CaptionGenerator):
                 if self._stop.wait(delay):
                     return []
                 continue
+            except Exception as exc:  # a reply the client could not make sense of
+                usage.add(self.extra_stats, failed_requests=1)
+                return [Reject("request failed", f"unusable response: "
+                               f"{type(exc).__name__}: {first_line(exc)}")]
             usage.add(self.extra_stats, requests=1, prompt_tokens=reply.prompt_tokens,
                       completion_tokens=reply.completion_tokens)
             return self.review(parse_reply(reply))

@@ -3,7 +3,8 @@
 Tests and benchmarks point the real `openai` and `ollama` clients at it. Each request takes
 the next entry of `faults` (thread-safe; "ok" when the script is empty), so a test says
 exactly what the server does: "429" (with Retry-After), "500", "quota", "401", "404",
-"malformed", "truncated", "refusal", "slow"; "tags-500" is for Ollama's model listing. Good replies hold unique, valid triplets (the
+"malformed", "truncated", "refusal", "slow", "nochoices" (a 200 without choices);
+"tags-500" is for Ollama's model listing. Good replies hold unique, valid triplets (the
 running request number is in every caption), so losing or repeating one is visible.
 """
 
@@ -149,6 +150,8 @@ class LLMServer:
                 if fault == "404":
                     return self.openai_error(404, "model_not_found", f"The model "
                                              f"'{body.get('model')}' does not exist")
+                if fault == "nochoices":
+                    return self.send_json(200, {"id": "x", "object": "chat.completion"})
                 content: str | None = json.dumps(
                     {"triplets": server.make_triplets(self.wanted(body["messages"]))})
                 finish, refusal = "stop", None

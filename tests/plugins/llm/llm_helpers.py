@@ -5,7 +5,6 @@ import yaml
 
 from editkit.recipe import load_recipe
 from editkit.runner import run_recipe
-from editkit.testing.llmserver import LLMServer
 
 
 def recipe_file(folder: Path, use: str, count: int, options: dict, **captions) -> Path:

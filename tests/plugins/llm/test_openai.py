@@ -53,7 +53,7 @@ def structured_requests(tmp_path, server):
 
 
 def test_scripted_faults_become_retries_or_rejects_and_lose_nothing(tmp_path):
-    faults = ["429", "500", "malformed", "truncated", "refusal", "slow"]
+    faults = ["429", "500", "malformed", "truncated", "refusal", "slow", "nochoices"]
     with LLMServer(faults=faults, retry_after="0.4", slow=3.0) as server:
         path = recipe_file(tmp_path, "openai", 12,
                            opts(server, per_request=4, concurrency=1, timeout=1.0))
@@ -62,7 +62,7 @@ def test_scripted_faults_become_retries_or_rejects_and_lose_nothing(tmp_path):
         elapsed = time.perf_counter() - start
     recs = records(tmp_path)
     reasons = sorted(r["reason"] for r in recs if r["status"] == "rejected")
-    assert reasons == ["malformed JSON", "refused", "truncated reply"]
+    assert reasons == ["malformed JSON", "refused", "request failed", "truncated reply"]
     assert sum(r["status"] == "kept" for r in recs) == 12
     llm = manifest(tmp_path)["stages"]["captions"]["stats"]["llm"]
     assert llm["retries"] == 3  # 429, 500, the slow reply's timeout
