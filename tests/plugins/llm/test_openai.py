@@ -123,9 +123,14 @@ def test_moderation_rejects_flagged_triplets(tmp_path, server):
     assert any(e["path"] == "/v1/moderations" for e in server.log)
 
 
-def test_killed_stage_resumes_to_the_count_losing_only_requests_in_flight(cli, tmp_path):
+@pytest.mark.parametrize("use", ["openai", "ollama"])
+def test_killed_stage_resumes_to_the_count_losing_only_requests_in_flight(cli, tmp_path, use):
     with LLMServer(delay=0.3) as server:
-        path = recipe_file(tmp_path, "openai", 60, opts(server, per_request=5, concurrency=2))
+        options = opts(server, per_request=5, concurrency=2)
+        if use == "ollama":
+            options["host"] = server.url
+            del options["base_url"]
+        path = recipe_file(tmp_path, use, 60, options)
         proc = cli.popen("run", path, OPENAI_API_KEY="sk-test")
         shards = tmp_path / "run" / "captions"
         deadline = time.time() + 60

@@ -117,3 +117,23 @@ def test_domain_recipes_validate_offline(cli, name):
     assert result.returncode == 0, result.stderr
     first = (ROOT / "recipes" / f"{name}.yaml").read_text().splitlines()[0]
     assert first.startswith(f"# editkit run recipes/{name}.yaml")
+
+
+def test_token_check_takes_the_render_model_unless_captions_names_one():
+    from types import SimpleNamespace
+
+    from editkit.kinds import PluginOptions
+    from editkit.recipe import Recipe, RecipeModel, StagePlugin
+    from editkit.tokens import tokenizer_ref
+
+    class RenderOptions(PluginOptions):
+        model: str = "org/some-sd-model"
+
+    def recipe(**captions):
+        model = RecipeModel.model_validate({"name": "t", "output": "runs/t", "captions": {
+            "use": "openai", **captions}, "render": {"use": "r"}})
+        render = StagePlugin("render", SimpleNamespace(cls=None), RenderOptions())
+        return Recipe(model=model, source="t", plugins={"render": render})
+
+    assert tokenizer_ref(recipe()) == "org/some-sd-model"
+    assert tokenizer_ref(recipe(tokenizer="tiny-sd")) == "tiny-sd"
