@@ -1,25 +1,19 @@
 """Several processes on one run (`accelerate launch -m editkit run ...`).
 
-The main process owns the run folder (lock, recipe, manifest, stage state) and runs the
-stages that are not sharded; every process renders its share. Results and failures are
-shared through the process group, so one process failing stops the others with a message
-instead of leaving them waiting at a barrier. With one process nothing here talks to
-torch.distributed, and the single-process run is unchanged.
+The main process owns the run folder's bookkeeping (lock, recipe, manifest, stage state);
+every process renders its share of the records and enters the trainer. With one process this
+is all free: no process group is created and torch is not imported.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
-
-from .errors import EditkitError, RunError
-
-T = TypeVar("T")
+from typing import Any
 
 
-@dataclass
-class Processes:
+@dataclass(frozen=True)
+class Dist:
     rank: int = 0
     world: int = 1
 
@@ -27,63 +21,39 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def on_main(self, work: Callable[[], T]) -> T:
-        """Run `work` on the main process; every process gets its result (or its error)."""
-        if self.world == 1:
-            return work()
-        import torch.distributed as dist
+    @property
+    def writer(self) -> str:
+        """Tag in shard names so processes never pick the same file name."""
+        return f"r{self.rank:02d}-" if self.world > 1 else ""
 
-        result: Any = None
-        failure: Exception | None = None
-        if self.is_main:
-            try:
-                result = work()
-            except Exception as exc:  # shared below, then raised here as it was
-                failure = exc
-        box = [(result, _describe(failure))]
-        dist.broadcast_object_list(box, src=0)
-        if failure is not None:
-            raise failure
-        result, problem = box[0]
-        if problem is not None:
-            raise RunError(f"the main process failed: {problem}", "see its message above")
-        return result
-
-    def everywhere(self, work: Callable[[], None]) -> None:
-        """Run `work` on every process and wait for all; any failure fails them all."""
-        if self.world == 1:
-            work()
-            return
-        import torch.distributed as dist
-
-        failure: Exception | None = None
-        try:
-            work()
-        except Exception as exc:
-            failure = exc
-        problems: list[Any] = [None] * self.world
-        dist.all_gather_object(problems, _describe(failure))
-        if failure is not None:
-            raise failure
-        for rank, problem in enumerate(problems):
-            if problem is not None:
-                raise RunError(f"process {rank} failed: {problem}", "see its message above")
+    def barrier(self) -> None:
+        if self.world > 1:
+            state().wait_for_everyone()
 
 
-def _describe(exc: Exception | None) -> str | None:
-    if exc is None:
-        return None
-    return str(exc) if isinstance(exc, EditkitError) else f"{type(exc).__name__}: {exc}"
-
-
-def processes() -> Processes:
-    """This process's place among those `accelerate launch` (or torchrun) started."""
+def current() -> Dist:
+    """The process's rank and the number of processes, from the launcher's environment."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
-        return Processes()
-    import torch
+        return Dist()
+    return Dist(rank=state().process_index, world=state().num_processes)
+
+
+def state() -> Any:
+    """accelerate's process state, set up once (gloo on CPU, nccl on CUDA).
+
+    Without CUDA, accelerate treats a multi-process launch as one process unless told to
+    use the CPU: editkit tells it, so `accelerate launch --multi_gpu --num_processes 2`
+    also runs on a CPU-only machine. Trainers must build their Accelerator to match
+    (`Accelerator(cpu=uses_cpu())`).
+    """
     from accelerate import PartialState
 
-    # without cpu=True accelerate leaves CPU-only processes unconnected (gloo is its CPU backend)
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return Processes(rank=state.process_index, world=state.num_processes)
+    return PartialState(cpu=uses_cpu())
+
+
+def uses_cpu() -> bool:
+    import torch
+
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or \
+        not torch.cuda.is_available()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -15,9 +14,11 @@ from .console import progress_bars
 from .errors import RunError
 from .recipe import Recipe
 from .runs import RunFolder, atomic_write_text, fingerprint
-from .distributed import Processes, processes
-from .stages import DRIVERS, StageContext, render_share, render_summary, stage_config, timed
+from .distributed import current
+from .stages import DRIVERS, StageContext, render_summary, stage_config, timed
 
+# Stages every process runs its share of; the others run on the main process alone.
+EVERY_PROCESS = ("render", "train")
 # Stages whose outputs live outside their own folder.
 _EXTRA_OUTPUTS = {"filters": ["dataset"], "render": ["dataset"]}
 
@@ -55,32 +56,46 @@ def discard(run: RunFolder, stages: list[str]) -> None:
 
 def run_recipe(recipe: Recipe, *, fresh: bool = False, only: str | None = None,
                progress: bool | None = None) -> dict[str, Any]:
-    """Run (or resume) `recipe`. Under `accelerate launch` every process calls this: the
-    main one holds the lock and runs the stages, all of them render their shares."""
     stages = recipe.stages()
     if only is not None and only not in stages:
         raise RunError(f"--only {only}: the recipe has no such stage",
                        f"choose one of: {', '.join(stages)}")
-    procs = processes()
+    dist = current()
     run = RunFolder(recipe.output)
-    with run.locked() if procs.is_main else nullcontext():
-        procs.on_main(lambda: _prepare(recipe, run, stages, fresh))
+    with run.locked() if dist.is_main else nullcontext():
+        if dist.is_main:
+            _prepare(recipe, run, fresh)
+        dist.barrier()
         summaries: dict[str, Any] = {}
-        with progress_bars(progress if procs.is_main else False) as bars:
-            ctx = StageContext(recipe=recipe, run=run, progress=bars, rank=procs.rank,
-                               world=procs.world)
+        with progress_bars(progress if dist.is_main else False) as bars:
+            ctx = StageContext(recipe=recipe, run=run, progress=bars, dist=dist)
             for stage in stages:
                 if only is not None and stage != only:
                     continue
-                if stage == "render" and procs.world > 1:
-                    summary = _sharded_render(ctx, procs)
-                else:
-                    summary = procs.on_main(lambda: _run_stage(ctx, stage))
+                everyone = stage in EVERY_PROCESS
+                config = stage_config(recipe, stage)
+                if dist.is_main:
+                    state = run.stage_state(stage)
+                    if state is None or state["config"] != config:
+                        run.write_stage_state(stage, {"config": config, "complete": False})
+                dist.barrier()
+                summary: dict[str, Any] = {}
+                if everyone or dist.is_main:
+                    summary = timed(DRIVERS[stage], ctx)
+                dist.barrier()
+                if dist.is_main:
+                    if stage == "render" and dist.world > 1:
+                        summary.update(render_summary(run))  # every process's records
+                    run.write_stage_state(stage, {"config": config, "complete": True})
+                    run.update_manifest(stages={stage: summary},
+                                        processes=dist.world)
                 summaries[stage] = summary
-        return summaries if procs.is_main else {}
+        return summaries
 
 
-def _prepare(recipe: Recipe, run: RunFolder, stages: list[str], fresh: bool) -> None:
+def _prepare(recipe: Recipe, run: RunFolder, fresh: bool) -> None:
+    """Check the folder against the recipe, discard what --fresh asks, save the recipe."""
+    stages = recipe.stages()
     invalid, changes = changed_stages(recipe, run)
     if invalid and not fresh:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more"
@@ -104,41 +119,6 @@ def _prepare(recipe: Recipe, run: RunFolder, stages: list[str], fresh: bool) -> 
                  for s, p in recipe.plugins.items()},
         packages=_package_versions(),
     )
-
-
-def _begin_stage(ctx: StageContext, stage: str) -> dict[str, Any]:
-    state = ctx.run.stage_state(stage)
-    config = stage_config(ctx.recipe, stage)
-    if state is None or state["config"] != config:
-        ctx.run.write_stage_state(stage, {"config": config, "complete": False})
-    return config
-
-
-def _end_stage(ctx: StageContext, stage: str, config: dict[str, Any], started: float,
-               summary: dict[str, Any]) -> dict[str, Any]:
-    ctx.run.write_stage_state(stage, {"config": config, "complete": True, "finished": started})
-    ctx.run.update_manifest(stages={stage: summary})
-    return summary
-
-
-def _run_stage(ctx: StageContext, stage: str) -> dict[str, Any]:
-    config = _begin_stage(ctx, stage)
-    started = time.time()
-    return _end_stage(ctx, stage, config, started, timed(DRIVERS[stage], ctx))
-
-
-def _sharded_render(ctx: StageContext, procs: Processes) -> dict[str, Any]:
-    """Every process renders its share into its own shards; the main one records the stage."""
-    config = procs.on_main(lambda: _begin_stage(ctx, "render"))
-    started, clock = time.time(), time.perf_counter()
-    procs.everywhere(lambda: render_share(ctx))
-
-    def finish() -> dict[str, Any]:
-        summary = {**render_summary(ctx.run), "processes": procs.world,
-                   "seconds": round(time.perf_counter() - clock, 3)}
-        return _end_stage(ctx, "render", config, started, summary)
-
-    return procs.on_main(finish)
 
 
 def _package_versions() -> dict[str, str]:

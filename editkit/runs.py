@@ -64,27 +64,22 @@ def fingerprint(data: Any) -> str:
 
 
 class RecordStore:
-    """Append-only JSONL records of one stage, in shards written atomically.
-
-    `writer` names this process's shards (`shard-<writer>-000000.jsonl`) so several processes
-    can append to one stage at once without racing for shard numbers; `read` sees them all.
-    The default writer keeps the single-process names (`shard-000000.jsonl`).
-    """
+    """Append-only JSONL records of one stage, in shards written atomically."""
 
     def __init__(self, directory: Path, writer: str = ""):
+        """`writer` tags this process's shards (`shard-r01-000003.jsonl`) so several
+        processes can append to one stage without choosing the same name."""
         self.directory = Path(directory)
         self.writer = writer
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(f".{self._own_prefix()}*.tmp"):
-            if self._owns(stale.name[1:].split(SHARD_SUFFIX)[0] + SHARD_SUFFIX):
-                stale.unlink(missing_ok=True)  # a write of ours interrupted before its rename
+        self._swept = False
 
-    def _own_prefix(self) -> str:
-        return f"{SHARD_PREFIX}{self.writer}-" if self.writer else SHARD_PREFIX
-
-    def _owns(self, name: str) -> bool:
-        rest = name[len(self._own_prefix()):]
-        return name.startswith(self._own_prefix()) and rest[:6].isdigit()
+    def _sweep(self) -> None:
+        """Remove this writer's temporary files left by a write killed before its rename.
+        Only its own: another process may be writing one of its own right now."""
+        for stale in self.directory.glob(f".{SHARD_PREFIX}{self.writer}[0-9]*.tmp"):
+            stale.unlink(missing_ok=True)
+        self._swept = True
 
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}"))
@@ -99,10 +94,11 @@ class RecordStore:
     def append(self, records: list[dict[str, Any]]) -> Path | None:
         if not records:
             return None
-        prefix = self._own_prefix()
-        numbers = [int(p.name[len(prefix):-len(SHARD_SUFFIX)]) for p in self.shards()
-                   if self._owns(p.name)]
-        number = max(numbers) + 1 if numbers else 0
+        if not self._swept:
+            self._sweep()
+        prefix = f"{SHARD_PREFIX}{self.writer}"
+        mine = sorted(self.directory.glob(f"{prefix}[0-9]*{SHARD_SUFFIX}"))
+        number = int(mine[-1].name[len(prefix):-len(SHARD_SUFFIX)]) + 1 if mine else 0
         path = self.directory / f"{prefix}{number:06d}{SHARD_SUFFIX}"
         text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         atomic_write_text(path, text)

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .distributed import Dist
+from .diversity import triplet_diversity
 from .errors import RunError
 from .kinds import CaptionJob, FilterJob, RenderJob, Reject, TrainJob
 from .recipe import Recipe
 from .runs import RunFolder, atomic_save_image, atomic_write_text, fingerprint
+from .tokens import TokenLimit, tokenizer_ref
 from .triplets import check_triplet, dedupe_key
 
 KEPT, REJECTED = "kept", "rejected"
@@ -27,9 +30,7 @@ class StageContext:
     recipe: Recipe
     run: RunFolder
     progress: Any  # editkit.console.Progress-like: add(label, total) -> update(n)
-    summary: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0  # this process, of `world` (accelerate launch); stages shard by rank
-    world: int = 1
+    dist: Dist = field(default_factory=Dist)
 
 
 def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -57,7 +58,9 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
     attempts = len(records)
     stats: dict[str, Any] = dict(ctx.run.manifest().get("stages", {}).get("captions", {})
                                  .get("stats", {}))
+    token_ref = tokenizer_ref(ctx.recipe)
     if len(kept) < spec.count:
+        limit = TokenLimit(token_ref) if token_ref else None
         generator = ctx.recipe.plugins["captions"].create()
         job = CaptionJob(count=spec.count - len(kept), seed=ctx.recipe.model.seed,
                          start=attempts, seen=set(seen), work_dir=ctx.run.stage_dir("captions"),
@@ -69,12 +72,13 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             for item in batch:
                 if len(kept) + sum(r["status"] == KEPT for r in out) >= spec.count:
                     break
-                record = _caption_record(item, attempts, seen)
+                record = _caption_record(item, attempts, seen, limit)
                 attempts += 1
                 out.append(record)
             store.append(out)
             new = sum(r["status"] == KEPT for r in out)
             kept += [r for r in out if r["status"] == KEPT]
+            job.kept += new
             bar.update(len(kept))
             barren = 0 if new else barren + len(out)
             if len(kept) >= spec.count:
@@ -87,7 +91,8 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
                 )
         stats = job.stats
     records = store.read()
-    kept_n = sum(r["status"] == KEPT for r in records)
+    final = [r for r in records if r["status"] == KEPT]
+    kept_n = len(final)
     if kept_n < spec.count:
         raise RunError(
             f"captions: the generator stopped after {kept_n} of {spec.count} triplets",
@@ -97,15 +102,21 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED)),
             "edit_kinds": dict(Counter(r.get("edit_kind", "other") for r in records
                                        if r["status"] == KEPT)),
+            "diversity": triplet_diversity(final),
+            "token_check": (f"{token_ref} tokenizer" if token_ref else
+                            "off: no render model; set captions.tokenizer"),
             "stats": stats}
 
 
-def _caption_record(item: Any, index: int, seen: set[str]) -> dict[str, Any]:
+def _caption_record(item: Any, index: int, seen: set[str],
+                    limit: TokenLimit | None = None) -> dict[str, Any]:
     record_id = f"{index:06d}"
     if isinstance(item, Reject):
         return {"id": record_id, "status": REJECTED, "reason": item.reason,
                 "detail": item.detail, **item.data}
     problem = check_triplet(item)
+    if problem is None and limit is not None:
+        problem = limit.problem(item)
     if problem is not None:
         data = item if isinstance(item, dict) else {"raw": repr(item)}
         return {**data, "id": record_id, "status": REJECTED, "reason": problem.reason,
@@ -131,24 +142,19 @@ def kept_records(run: RunFolder, stage: str) -> list[dict[str, Any]]:
 
 
 def run_render(ctx: StageContext) -> dict[str, Any]:
-    render_share(ctx)
-    return render_summary(ctx.run)
-
-
-def render_share(ctx: StageContext) -> None:
-    """Render this process's share: triplet i belongs to rank i % world, so the split is
-    the same whatever is already done, and every process writes its own shards."""
+    """Render every kept triplet not yet rendered; under several processes each renders the
+    triplets whose position in the caption order falls to its rank."""
     triplets = kept_records(ctx.run, "captions")
     if ctx.recipe.model.captions is not None:
         triplets = triplets[:ctx.recipe.model.captions.count]
     if not triplets:
         raise RunError("render: there are no kept captions to render",
                        "run the captions stage first (editkit run RECIPE --only captions)")
-    store = ctx.run.store("render", writer=f"r{ctx.rank}" if ctx.world > 1 else "")
+    store = ctx.run.store("render", ctx.dist.writer)
     done = {r["triplet_id"] for r in store.read()}
-    todo = [t for i, t in enumerate(triplets)
-            if i % ctx.world == ctx.rank and t["id"] not in done]
-    bar = ctx.progress.add("render", total=len(triplets), completed=len(triplets) - len(todo))
+    mine = triplets[ctx.dist.rank::ctx.dist.world]
+    todo = [t for t in mine if t["id"] not in done]
+    bar = ctx.progress.add("render", total=len(mine), completed=len(mine) - len(todo))
     if todo:
         renderer = ctx.recipe.plugins["render"].create()
         chunk = max(1, int(getattr(renderer.options, "triplets_per_batch", 1) or 1))
@@ -159,6 +165,7 @@ def render_share(ctx: StageContext) -> None:
                                                      work_dir=ctx.run.stage_dir("render"))))
             store.append(_pair_records(group, results, image_dir))
             bar.advance(len(group))
+    return render_summary(ctx.run)
 
 
 def render_summary(run: RunFolder) -> dict[str, Any]:
@@ -166,11 +173,6 @@ def render_summary(run: RunFolder) -> dict[str, Any]:
     kept = sum(r["status"] == KEPT for r in records)
     return {"pairs": kept, "rejected": len(records) - kept,
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED))}
-
-
-def rendered_pairs(run: RunFolder) -> list[dict[str, Any]]:
-    """Kept pairs in triplet and sample order, however many processes wrote them."""
-    return sorted(kept_records(run, "render"), key=lambda r: (r["triplet_id"], r["sample"]))
 
 
 def _pair_records(group: list[dict[str, Any]], results: list[Any],
@@ -228,7 +230,7 @@ def image_problem(image: Any) -> str | None:
 
 
 def run_filters(ctx: StageContext) -> dict[str, Any]:
-    pairs = rendered_pairs(ctx.run)
+    pairs = kept_records(ctx.run, "render")
     render_dir = ctx.run.stage_dir("render")
     for pair in pairs:
         pair["before_path"] = str(render_dir / pair["before"])
@@ -287,7 +289,7 @@ def write_dataset(run: RunFolder, pairs: list[dict[str, Any]]) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     render_dir = run.stage_dir("render")
     lines = []
-    for pair in pairs:
+    for pair in sorted(pairs, key=lambda p: p["id"]):
         row = {"id": pair["id"], "edit_prompt": pair["edit"], "input": pair["input"],
                "output": pair["output"], "seed": pair.get("settings", {}).get("seed"),
                "scores": pair.get("scores", {})}
@@ -312,7 +314,7 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     dataset = ctx.run.path / "dataset"
     if ctx.recipe.model.render is not None:
         if ctx.recipe.model.filters == [] and not (dataset / "metadata.jsonl").exists():
-            write_dataset(ctx.run, rendered_pairs(ctx.run))
+            write_dataset(ctx.run, kept_records(ctx.run, "render"))
         if not (dataset / "metadata.jsonl").exists():
             raise RunError("train: the run has no dataset yet",
                            "run the render and filters stages first")
