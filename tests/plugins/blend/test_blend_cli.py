@@ -5,7 +5,6 @@ import json
 import numpy as np
 from PIL import Image
 
-from conftest import write_recipe
 
 RECIPE = """
 name: blend-tiny
@@ -35,3 +34,9 @@ def test_recipe_saves_before_after_and_mask_with_the_source_kept_outside(cli, tm
                                for k in ("before", "after", "mask"))
         outside = mask[..., 0] == 0
         assert np.array_equal(before[outside], after[outside])
+
+
+def write_recipe(folder, text):
+    path = folder / "recipe.yaml"
+    path.write_text(text)
+    return path

@@ -2,7 +2,6 @@
 
 import json
 
-from conftest import write_recipe
 
 RECIPE = """
 name: p2p-tiny
@@ -54,3 +53,9 @@ def test_a_bad_option_is_one_clear_line(cli, tmp_path):
     result = cli("run", recipe)
     assert result.returncode == 2
     assert "render.options.cross" in result.stderr and "Traceback" not in result.stderr
+
+
+def write_recipe(folder, text):
+    path = folder / "recipe.yaml"
+    path.write_text(text)
+    return path
