@@ -7,8 +7,10 @@
   queries and keys: nothing is materialised and the cost is that of plain attention.
 - Cross-attention edits, conditional half only, for the first `cross_steps` steps: `replace`
   (word swap through a token mapper), `refine` (aligned tokens take the before attention, new
-  tokens keep their own), and a per-token `reweight` on top.
-- An optional `WordMaps` collector for local blending sees the edited probabilities.
+  tokens keep their own), and a per-token `reweight` on top. All are linear in the
+  probabilities, so they run in the fused kernel on transformed values.
+- An optional `WordMaps` collector for local blending sees the edited probabilities: only
+  its layers materialise them.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class PromptToPrompt(AttentionController):
 
     def attend(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:
-        self.count(layer, materialised=layer.cross)
+        self.count(layer, materialised=False)
         if layer.cross:
             return self._cross(layer, attn, query, key, value)
         return self._self(attn, query, key, value)
@@ -78,13 +80,53 @@ class PromptToPrompt(AttentionController):
 
     def _cross(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:
+        if self.collector is not None and self.collector.wants(layer):
+            return self._cross_materialised(layer, attn, query, key, value)
+        return self._cross_fused(query, key, value)
+
+    def _cross_fused(self, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor) -> torch.Tensor:
+        """Every cross-attention edit here is linear in the probabilities, so it moves onto
+        the values: replace is P_before (M v_after), refine is P_before (A v_after) +
+        P_after ((1 - alpha) v_after), reweight scales v_after's token rows. The fused kernel
+        computes them with no probabilities materialised."""
+        g, s, b = self.layout
+        q, k, v = (t.view(g, s, b, *t.shape[1:]).clone() for t in (query, key, value))
+        after = v[1, :, 1]  # conditional half, after branch: (samples, heads, tokens, dim)
+        if self.reweight is not None:
+            after = after * self.reweight.to(after)[:, None, :, None]
+        extra = None
+        if self.cross == "replace":
+            mapper = self.mapper.to(after)  # type: ignore[union-attr]
+            after = torch.einsum("sij,shjd->shid", mapper, after)
+        elif self.cross == "refine":
+            index, alpha = self.refine  # type: ignore[misc]
+            alpha = alpha.to(after)
+            extra = fused(q[1, :, 1], k[1, :, 1], after * (1 - alpha)[:, None, :, None])
+            take = torch.zeros(s, alpha.shape[1], alpha.shape[1], dtype=after.dtype,
+                               device=after.device)
+            take.scatter_(1, index.to(after.device)[:, None, :], alpha[:, None, :])
+            after = torch.einsum("sij,shjd->shid", take, after)
+        if self.cross != "none":  # attend with the before branch's probabilities
+            q[1, :, 1], k[1, :, 1] = q[1, :, 0], k[1, :, 0]
+        v[1, :, 1] = after
+        out = fused(q.view_as(query), k.view_as(key), v.view_as(value))
+        if extra is not None:
+            out = out.view(g, s, b, *out.shape[1:])
+            out[1, :, 1] += extra
+            out = out.view_as(query)
+        return out
+
+    def _cross_materialised(self, layer: Layer, attn: Any, query: torch.Tensor,
+                            key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Where local blending reads the maps: probabilities of the conditional half."""
+        self.count(layer, materialised=True)
         half = query.shape[0] // 2
         uncond = fused(query[:half], key[:half], value[:half])
         probs = attention_probs(attn, query[half:], key[half:])
         if self._cross_active():
             probs = self._edit_cross(probs)
-        if self.collector is not None:
-            self.collector.observe(layer, probs)
+        self.collector.observe(layer, probs)  # type: ignore[union-attr]
         return torch.cat([uncond, probs @ value[half:]])
 
     def _edit_cross(self, probs: torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,9 @@ def test_probabilities_are_materialised_only_where_control_applies(pipe):
     control = PromptToPrompt(self_steps=[0, 0], cross="refine", cross_steps=2,
                              refine=(torch.arange(n).repeat(2, 1), torch.ones(2, n)))
     sample_pairs(pipe, batch(), steps=6, height=32, width=32, controller=control)
-    assert {step for step, _ in control.materialised} == {0, 1}
-    assert all(name.endswith("attn2.processor") for _, name in control.materialised)
+    assert {step for step, _ in control.controlled} == {0, 1}
+    assert all(name.endswith("attn2.processor") for _, name in control.controlled)
+    assert control.materialised == {}  # cross edits move onto the values: fused too
     maps = WordMaps(torch.ones(2, 2, pipe.tokenizer.model_max_length))
     sample_pairs(pipe, batch(), steps=3, height=32, width=32, controller=maps)
     layers = {name for _, name in maps.materialised}
@@ -130,3 +131,30 @@ def test_v_prediction_and_the_sd2_layout_render(pipe):
                                      width=32, controller=PromptToPrompt(self_steps=[3]))
         assert torch.isfinite(before).all() and torch.equal(before, after)
     assert other.unet.config.use_linear_projection
+
+
+@pytest.mark.parametrize("cross", ["replace", "refine", "none"])
+def test_fused_cross_edits_equal_the_materialised_ones(pipe, cross):
+    from editkit.diffusion import alignment
+
+    n = pipe.tokenizer.model_max_length
+    before, after = "a photo of a red car", "a photo of a blue car and a tree"
+    mapper = alignment.replace_mapper(pipe.tokenizer, BEFORE, AFTER, n)
+    refine = alignment.refine_alignment(pipe.tokenizer, before, after, n)
+    reweight = torch.ones(2, n)
+    reweight[:, 5] = 3.0
+    pair = batch(2, before=BEFORE if cross == "replace" else before,
+                 after=AFTER if cross == "replace" else after)
+
+    def control(collect):
+        maps = WordMaps(torch.ones(2, 2, n), target=1) if collect else None
+        return PromptToPrompt(self_steps=[0, 0], cross=cross, cross_steps=3,
+                              mapper=mapper.repeat(2, 1, 1), reweight=reweight,
+                              refine=tuple(t.repeat(2, 1) for t in refine), collector=maps)
+
+    fused = sample_pairs(pipe, pair, steps=3, height=32, width=32, controller=control(False))
+    both = control(True)
+    mixed = sample_pairs(pipe, pair, steps=3, height=32, width=32, controller=both)
+    assert both.materialised  # the collector's level ran the explicit probabilities
+    assert torch.allclose(fused[1], mixed[1], rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(fused[1], fused[0], rtol=1e-2, atol=1e-2)
