@@ -1,9 +1,10 @@
 """Attention control: processors installed with `unet.set_attn_processor` for one run.
 
-A controller decides, per layer and step, whether it needs the attention probabilities. Only
-then does the processor materialise them (`softmax(q k^T)`) and hand them to the controller;
-everywhere else it calls the fused `F.scaled_dot_product_attention`, exactly as diffusers'
-`AttnProcessor2_0` does. Layer geometry (the map size of each layer) is derived from the
+A controller decides, per layer and step, whether it controls the layer (`wants`). Only
+then does the processor hand queries, keys and values to the controller's `attend`, which
+materialises probabilities (`softmax(q k^T)`) only where it must read or change them in a
+way the fused kernel cannot express; everywhere else the processor calls the fused
+`F.scaled_dot_product_attention`, exactly as diffusers' `AttnProcessor2_0` does. Layer geometry (the map size of each layer) is derived from the
 latents of the current call, never hard-coded, so any resolution and aspect ratio works.
 
 Third-party renderers subclass `AttentionController` and wrap their sampling in
