@@ -59,3 +59,12 @@ def write_recipe(folder, text):
     path = folder / "recipe.yaml"
     path.write_text(text)
     return path
+
+
+def test_quickstart_recipe_names_the_renderer_and_validates(cli):
+    from pathlib import Path
+
+    quickstart = Path(__file__).resolve().parents[3] / "recipes/quickstart.yaml"
+    result = cli("recipes", "validate", quickstart)
+    assert result.returncode == 0, result.stderr
+    assert "use: prompt-to-prompt" in result.stdout and "self_fraction" in result.stdout
