@@ -197,7 +197,8 @@ def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | N
 @cli.command(name="report")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default=None, help="Folder for index.html and thumbnails [RUN/report].")
-@click.option("--thumb-size", default=96, show_default=True, type=click.IntRange(16, 512),
+@click.option("--thumb-size", default=80, show_default=True,
+              type=click.IntRange(16, 512),
               help="Longest side of each thumbnail image, in pixels.")
 def report_command(run: str, out: str | None, thumb_size: int) -> None:
     """Write a static HTML report of RUN: pairs, captions, scores, rejects, statistics,

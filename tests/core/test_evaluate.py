@@ -10,6 +10,7 @@ from conftest import write_recipe
 from PIL import Image
 
 from editkit.testing import tiny_model
+from editkit.testing.browser import open_page
 from editkit.testing.pairs import synthetic_pairs
 
 FAST = ["--steps", "2", "--resolution", "32", "--clip-model", "tiny-clip",
@@ -127,7 +128,7 @@ evaluate: {split: 0.5, steps: 1, resolution: 32, clip_model: tiny-clip, dino_mod
 """
 
 
-def test_evaluate_stage_measures_base_and_trained_on_the_test_rows(cli, tmp_path):
+def test_evaluate_stage_measures_base_and_trained_and_the_report_shows_it(cli, tmp_path):
     write_recipe(tmp_path, RECIPE)
     result = cli("run", "recipe.yaml", plugins=["testkit"])
     assert result.returncode == 0, result.stderr
@@ -147,3 +148,15 @@ def test_evaluate_stage_measures_base_and_trained_on_the_test_rows(cli, tmp_path
     assert table[2].startswith("| tiny-ip2p |") and table[3].startswith("| runs/ev |")
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["stages"]["evaluate"]["models"]) == {"tiny-ip2p", "runs/ev"}
+    # the report shows the evaluation, its example edits and the trainer's samples
+    (run / "train/samples").mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").save(run / "train/samples/step-0001.png")
+    report = cli("report", "runs/ev")
+    assert report.returncode == 0, report.stderr
+    page = Path(report.stdout.strip())
+    html = (tmp_path / page).read_text()
+    assert "<h2>Evaluation</h2>" in html and "<h2>Training samples</h2>" in html
+    assert "step-0001.png" in html and "input | tiny-ip2p | runs/ev" in html
+    seen = open_page(tmp_path / page)
+    assert seen["images"] == len(tests) + 1 + 6 and seen["broken"] == []
+    assert seen["errors"] == [] and seen["console"] == []
