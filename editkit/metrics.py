@@ -80,24 +80,32 @@ def l1_distance(a: Any, b: Any) -> float:
 # --- files ----------------------------------------------------------------------------------
 
 
-def read_image(path: str | Path) -> tuple[Any, str]:
-    """The RGB image in `path` and the sha256 of its bytes; `InputError` if it cannot be read."""
-    from PIL import Image
-
-    path = Path(path)
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes; `InputError` if it cannot be read."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read image {path}: {exc.strerror or exc}",
                          "check that the file exists") from None
+
+
+def decode_image(data: bytes, path: str | Path) -> Any:
+    """The RGB image in `data` (read from `path`); `InputError` if it is not one."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            rgb = image.convert("RGB")
+            return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot decode image {path}: {exc}",
                          "the file is corrupt or not an image") from None
-    return rgb, hashlib.sha256(data).hexdigest()
+
+
+def read_image(path: str | Path) -> tuple[Any, str]:
+    """The RGB image in `path` and the sha256 of its bytes; `InputError` if it cannot be read."""
+    data = read_bytes(path)
+    return decode_image(data, path), hashlib.sha256(data).hexdigest()
 
 
 class EmbeddingCache:
@@ -169,10 +177,13 @@ class Encoder(ABC):
         self._model: Any = None
         self._processor: Any = None
         self.device = "unloaded"
-        key = fingerprint({"kind": self.what, "model": self.ref.describe(), "dtype": dtype,
-                           "device": device})
-        self.cache = EmbeddingCache(Path(cache_dir) if cache_dir else None,
-                                    f"{self.what}-{key}")
+        self.cache_key = self.what + "-" + fingerprint(
+            {"kind": self.what, "model": self.ref.describe(), "dtype": dtype, "device": device})
+        self.use_cache(cache_dir)
+
+    def use_cache(self, cache_dir: Path | None) -> None:
+        """Keep embeddings under `cache_dir` (None: compute every time)."""
+        self.cache = EmbeddingCache(Path(cache_dir) if cache_dir else None, self.cache_key)
 
     def describe(self) -> dict[str, Any]:
         return {**self.ref.describe(), "device": self.device, "batch_size": self.batch_size}
@@ -213,17 +224,18 @@ class Encoder(ABC):
         pending: list[tuple[str, str, Any]] = []
         for path in dict.fromkeys(str(p) for p in paths):
             try:
-                image, digest = read_image(path)
+                data = read_bytes(path)
+                digest = hashlib.sha256(data).hexdigest()
+                cached = self.cache.get(digest)  # a cached content decoded fine before
+                if cached is None:
+                    pending.append((path, digest, decode_image(data, path)))
             except InputError as exc:
                 results[path] = exc.message
                 self.stats.unreadable += 1
                 continue
-            cached = self.cache.get(digest)
             if cached is not None:
                 results[path] = cached
                 self.stats.images_cached += 1
-            else:
-                pending.append((path, digest, image))
         if pending:
             vectors = self.encode_images([image for _, _, image in pending])
             for (path, digest, _), vector in zip(pending, vectors):
@@ -324,13 +336,15 @@ def unreadable(pair: dict[str, Any], embeddings: dict[str, Any]) -> str | None:
 
 
 def plugin_encoder(plugin: Any, cls: type[Encoder], cache_dir: Path | None) -> Any:
-    """The filter plugin's encoder, made on its first batch and reused for the rest."""
+    """The filter plugin's encoder, made on its first batch and reused (model loaded once)
+    for the rest; its stats start from zero for each batch, so they are that batch's."""
     encoder = getattr(plugin, "_encoder", None)
     if encoder is None:
         opts = plugin.options
-        encoder = cls(opts.model, device=opts.device, batch_size=opts.batch_size,
-                      cache_dir=cache_dir)
+        encoder = cls(opts.model, device=opts.device, batch_size=opts.batch_size)
         plugin._encoder = encoder
+    encoder.use_cache(cache_dir)
+    encoder.stats = EncoderStats()
     return encoder
 
 

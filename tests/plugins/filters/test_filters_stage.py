@@ -15,7 +15,7 @@ captions: {{use: template, count: 8, options: {{subjects: [car, house, tree, ben
 render: {{use: flat, options: {{samples: 3, size: 32}}}}
 filters:
   - {{use: clip, options: {{model: tiny-clip, min_image: {min_image}, min_direction: -1,
-      min_text: -1, keep_top: 2}}}}
+      min_text: -1, keep_top: 2, triplets_per_batch: 3}}}}
   - {{use: dino, options: {{model: tiny-dinov2, min_similarity: -1, max_similarity: 0.999999}}}}
 evaluate: {{split: 0.5, steps: 1, resolution: 32, clip_model: tiny-clip,
             dino_model: tiny-dinov2, base: tiny-ip2p}}
