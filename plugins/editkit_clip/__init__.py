@@ -17,7 +17,7 @@ from pydantic import Field
 
 from editkit import hookimpl
 from editkit.kinds import Filter, FilterJob, PluginOptions
-from editkit.metrics import CLIP_DEFAULT, UNREADABLE, clip_pair_scores, unreadable
+from editkit.evalsettings import CLIP_DEFAULT
 
 
 class ClipOptions(PluginOptions):
@@ -38,7 +38,8 @@ class ClipFilter(Filter):
 
     def score(self, job: FilterJob) -> Iterator[dict[str, Any]]:
         opts = self.options
-        from editkit.metrics import ClipEncoder, plugin_encoder
+        from editkit.metrics import (UNREADABLE, ClipEncoder, clip_pair_scores, plugin_encoder,
+                                     unreadable)
 
         encoder = plugin_encoder(self, ClipEncoder, job.cache_dir)
         images = encoder.embed_files(p[k] for p in job.pairs for k in ("before_path",

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from editkit import hookimpl
 from editkit.kinds import Filter, FilterJob, PluginOptions
-from editkit.metrics import DINO_DEFAULT, UNREADABLE, cosine, unreadable
+from editkit.evalsettings import DINO_DEFAULT
 
 
 class DinoOptions(PluginOptions):
@@ -38,7 +38,7 @@ class DinoFilter(Filter):
 
     def score(self, job: FilterJob) -> Iterator[dict[str, Any]]:
         opts = self.options
-        from editkit.metrics import DinoEncoder, plugin_encoder
+        from editkit.metrics import UNREADABLE, DinoEncoder, cosine, plugin_encoder, unreadable
 
         encoder = plugin_encoder(self, DinoEncoder, job.cache_dir)
         images = encoder.embed_files(p[k] for p in job.pairs for k in ("before_path",
