@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from editkit.kinds import CaptionGenerator, CaptionJob, PluginOptions
+from editkit.kinds import IndexedCaptionGenerator, PluginOptions
 
 from .world import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZES, Scene, Shape, \
     random_scene
@@ -75,15 +75,9 @@ def edit_scene(scene: Scene, kind: str, rng: random.Random,
             f"turn the {target.kind} into a {new}", [new])
 
 
-class ShapesCaptions(CaptionGenerator):
+class ShapesCaptions(IndexedCaptionGenerator):
     name = "shapes"
     Options = ShapesOptions
-
-    def generate(self, job: CaptionJob) -> Iterator[list[dict[str, Any]]]:
-        index = job.start
-        while True:
-            yield [self.triplet(job.seed, index + k) for k in range(self.options.batch)]
-            index += self.options.batch
 
     def triplet(self, seed: int, index: int) -> dict[str, Any]:
         rng = random.Random(f"editkit-shapes:{seed}:{index}")
