@@ -241,6 +241,8 @@ def _evaluation(run: Path, thumbs: Thumbnails) -> str:
     parts = ["<h2>Evaluation</h2>", f"<table><tr>{head}</tr>{''.join(body)}</table>",
              f"<p class=cap>{esc(settings)}; {esc(s.get('preprocessing', ''))}</p>"]
     source = Path(s.get("source", {}).get("dataset", run / "dataset"))
+    if not source.is_dir():  # the run folder moved since it was evaluated
+        source = run / "dataset"
     examples = data["models"][0]["rows"][:EVAL_EXAMPLES]
     rows = []
     metadata = {}

@@ -337,7 +337,8 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     dataset = ctx.run.path / "dataset"
     if ctx.recipe.model.render is not None:
         if ctx.recipe.model.filters == [] and not (dataset / "metadata.jsonl").exists():
-            write_dataset(ctx.run, kept_records(ctx.run, "render"), held_out_fraction(ctx.recipe))
+            write_dataset(ctx.run, kept_records(ctx.run, "render"),
+                          held_out_fraction(ctx.recipe))
         if not (dataset / "metadata.jsonl").exists():
             raise RunError("train: the run has no dataset yet",
                            "run the render and filters stages first")

@@ -19,7 +19,8 @@ def direct_cls(paths):
     from transformers import AutoImageProcessor, Dinov2Model
 
     folder = tiny_model("tiny-dinov2")
-    model, processor = Dinov2Model.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+    model = Dinov2Model.from_pretrained(folder)
+    processor = AutoImageProcessor.from_pretrained(folder)
     images = [Image.open(p).convert("RGB") for p in paths]
     with torch.no_grad():
         out = model(**processor(images=images, return_tensors="pt"))
