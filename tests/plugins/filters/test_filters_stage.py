@@ -57,6 +57,7 @@ def test_filters_count_rejects_per_criterion_and_refilter_from_cache(cli, tmp_pa
     write_recipe(tmp_path, RECIPE.format(min_image=0.99))
     refused = cli("run", "recipe.yaml", "--only", "filters", plugins=["testkit"])
     assert refused.returncode == 1 and "changed stage 'filters'" in refused.stderr
+    assert "filters.0.options.min_image: -1.0 -> 0.99" in refused.stderr
     again = cli("run", "recipe.yaml", "--only", "filters", "--fresh", plugins=["testkit"])
     assert again.returncode == 0, again.stderr
     summary = manifest(tmp_path)["stages"]["filters"]
