@@ -290,6 +290,9 @@ def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
     if note:
         result["note"] = note
     write_results(out_dir, result)
+    from .report import write_report
+
+    write_report(run.path)  # the table with the pictures, as `editkit report RUN` writes it
     return _stage_summary(result)
 
 

@@ -140,6 +140,7 @@ def test_evaluate_stage_measures_base_and_trained_and_the_report_shows_it(cli, t
     assert data["models"][0]["metrics"]["rows"] == len(tests) > 0
     assert {r["id"] for r in data["models"][0]["rows"]} == {r["id"] for r in tests}
     assert data["settings"]["seed"] == 1
+    assert "<h2>Evaluation</h2>" in (run / "report/index.html").read_text()
     # trained weights appear: the next run measures both, in one table
     trained_run(run)
     again = cli("run", "recipe.yaml", plugins=["testkit"])
