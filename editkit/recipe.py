@@ -37,6 +37,8 @@ class StageSpec(BaseModel):
 
 class CaptionsSpec(StageSpec):
     count: int = Field(100, gt=0)
+    # The model whose CLIP tokenizer counts caption tokens (default: render.options.model).
+    tokenizer: str | None = None
 
 
 class EvaluateSpec(EvalSettings):

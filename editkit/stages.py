@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .distributed import Dist
+from .diversity import triplet_diversity
 from .errors import RunError
 from .kinds import CaptionJob, FilterJob, RenderJob, Reject, TrainJob
 from .recipe import Recipe
 from .runs import RunFolder, atomic_save_image, atomic_write_text, fingerprint
+from .tokens import TokenLimit, tokenizer_ref
 from .triplets import check_triplet, dedupe_key
 
 KEPT, REJECTED = "kept", "rejected"
@@ -58,7 +60,9 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
     attempts = len(records)
     stats: dict[str, Any] = dict(ctx.run.manifest().get("stages", {}).get("captions", {})
                                  .get("stats", {}))
+    token_ref = tokenizer_ref(ctx.recipe)
     if len(kept) < spec.count:
+        limit = TokenLimit(token_ref) if token_ref else None
         generator = ctx.recipe.plugins["captions"].create()
         job = CaptionJob(count=spec.count - len(kept), seed=ctx.recipe.model.seed,
                          start=attempts, seen=set(seen), work_dir=ctx.run.stage_dir("captions"),
@@ -70,12 +74,13 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             for item in batch:
                 if len(kept) + sum(r["status"] == KEPT for r in out) >= spec.count:
                     break
-                record = _caption_record(item, attempts, seen)
+                record = _caption_record(item, attempts, seen, limit)
                 attempts += 1
                 out.append(record)
             store.append(out)
             new = sum(r["status"] == KEPT for r in out)
             kept += [r for r in out if r["status"] == KEPT]
+            job.kept += new
             bar.update(len(kept))
             barren = 0 if new else barren + len(out)
             if len(kept) >= spec.count:
@@ -88,7 +93,8 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
                 )
         stats = job.stats
     records = store.read()
-    kept_n = sum(r["status"] == KEPT for r in records)
+    final = [r for r in records if r["status"] == KEPT]
+    kept_n = len(final)
     if kept_n < spec.count:
         raise RunError(
             f"captions: the generator stopped after {kept_n} of {spec.count} triplets",
@@ -98,15 +104,21 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED)),
             "edit_kinds": dict(Counter(r.get("edit_kind", "other") for r in records
                                        if r["status"] == KEPT)),
+            "diversity": triplet_diversity(final),
+            "token_check": (f"{token_ref} tokenizer" if token_ref else
+                            "off: no render model; set captions.tokenizer"),
             "stats": stats}
 
 
-def _caption_record(item: Any, index: int, seen: set[str]) -> dict[str, Any]:
+def _caption_record(item: Any, index: int, seen: set[str],
+                    limit: TokenLimit | None = None) -> dict[str, Any]:
     record_id = f"{index:06d}"
     if isinstance(item, Reject):
         return {"id": record_id, "status": REJECTED, "reason": item.reason,
                 "detail": item.detail, **item.data}
     problem = check_triplet(item)
+    if problem is None and limit is not None:
+        problem = limit.problem(item)
     if problem is not None:
         data = item if isinstance(item, dict) else {"raw": repr(item)}
         return {**data, "id": record_id, "status": REJECTED, "reason": problem.reason,
