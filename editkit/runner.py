@@ -58,6 +58,9 @@ def run_recipe(recipe: Recipe, *, fresh: bool = False, only: str | None = None,
         raise RunError(f"--only {only}: the recipe has no such stage",
                        f"choose one of: {', '.join(stages)}")
     run = RunFolder(recipe.output)
+    rank, world = process_rank()
+    if world > 1 and rank != 0:
+        return _run_helper_process(recipe, run, only)
     with run.locked():
         invalid, changes = changed_stages(recipe, run)
         if invalid and not fresh:
@@ -99,6 +102,25 @@ def run_recipe(recipe: Recipe, *, fresh: bool = False, only: str | None = None,
                 run.update_manifest(stages={stage: summary})
                 summaries[stage] = summary
         return summaries
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) when started by `accelerate launch` or `torchrun`, else (0, 1)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _run_helper_process(recipe: Recipe, run: RunFolder, only: str | None) -> dict[str, Any]:
+    """A non-main process of a multi-process launch: it joins the train stage (data parallel)
+    and writes nothing of the run folder's own (lock, recipe, manifest, stage state): the
+    main process owns those. Earlier stages run in the main process alone; the trainer's
+    process-group start waits until the main process reaches training."""
+    if "train" not in recipe.stages() or only not in (None, "train"):
+        return {}
+    with progress_bars(False) as bars:
+        ctx = StageContext(recipe=recipe, run=run, progress=bars)
+        return {"train": timed(DRIVERS["train"], ctx)}
 
 
 def _package_versions() -> dict[str, str]:

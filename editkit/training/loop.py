@@ -74,7 +74,11 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
         if done.get("steps") == options.steps:
             return done  # finished; a larger `steps` continues from the last checkpoint
 
-    accelerator = Accelerator(mixed_precision=options.mixed_precision)
+    # Several processes without CUDA (accelerate launch --multi_gpu on a CPU machine, or
+    # torchrun) train on the CPU with gloo; accelerate only picks that when told `cpu`.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=options.mixed_precision,
+                              cpu=several and not torch.cuda.is_available())
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
