@@ -72,10 +72,10 @@ class EditTask:
 
     # --- setup ----------------------------------------------------------------------------
 
-    def setup(self, device: Any, weight_dtype: Any, world: int,
-              log: Callable[[str], None]) -> None:
+    def setup(self, accelerator: Any, weight_dtype: Any, log: Callable[[str], None]) -> None:
         import torch
 
+        device, world = accelerator.device, accelerator.num_processes
         self.log, self.device, self.weight_dtype = log, device, weight_dtype
         self.tracker = Tracker(self.output_dir, log)
         self.rows, self.held_out, problems = read_pair_rows(self.dataset_dir)

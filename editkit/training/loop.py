@@ -28,8 +28,7 @@ from .optim import make_optimizer, make_scheduler
 class Task(Protocol):
     """What a trainer plugs into the loop."""
 
-    def setup(self, device: Any, weight_dtype: Any, world: int,
-              log: Callable[[str], None]) -> None: ...
+    def setup(self, accelerator: Any, weight_dtype: Any, log: Callable[[str], None]) -> None: ...
     def model(self) -> Any: ...  # the module whose parameters train (the UNet)
     def trainable(self) -> list[tuple[str, Any]]: ...
     def size(self) -> memory.ModelSize: ...
@@ -90,7 +89,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     set_seed(seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         options.mixed_precision, torch.float32)
-    task.setup(device, weight_dtype, accelerator.num_processes, log)
+    task.setup(accelerator, weight_dtype, log)
 
     size = task.size()
     parts = memory.estimate(size, options)
