@@ -119,11 +119,12 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     probe_start = probe(task, model, plan, rank, world, accelerator) if step == 0 else None
     accumulation = options.gradient_accumulation
     model.train()
-    started = time.perf_counter()
     first_step = step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    step_times: list[float] = []
     while step < options.steps:
+        tick = time.perf_counter()
         try:
             total = torch.zeros((), device=device)
             for j in range(accumulation):
@@ -151,6 +152,9 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
         step += 1
         if ema is not None:
             ema.update(named, step)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_times.append(time.perf_counter() - tick)
         mean = accelerator.reduce(total, reduction="mean").item()
         history.append(round(mean, 6))
         if accelerator.is_main_process and (step % 10 == 0 or step == options.steps
@@ -169,8 +173,6 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
                 task.validate(output_dir / "samples", step, accelerator.autocast)
             accelerator.wait_for_everyone()
 
-    seconds = time.perf_counter() - started
-    trained = step - first_step
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else _rss_peak())
     if ema is not None:
@@ -195,7 +197,9 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
                   "last_loss": history[-1] if history else None,
                   "memory_estimate_gib": round(parts["total"] / memory.GIB, 3),
                   "peak_memory_gib": round(peak / memory.GIB, 3),
-                  "seconds_per_step": round(seconds / trained, 4) if trained else None,
+                  # the median: the first steps pay for allocation and kernel selection
+                  "seconds_per_step": (round(sorted(step_times)[len(step_times) // 2], 4)
+                                       if step_times else None),
                   "validation": metrics}
         result_tmp = output_dir / ".result.json.tmp"
         result_tmp.write_text(json.dumps(result, indent=2))
