@@ -99,9 +99,56 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
     click.echo(f"run folder: {recipe.output}")
 
 
+@cli.command(name="edit", context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, required=True, metavar="IMAGE... INSTRUCTION")
+@click.option("--model", default="timbrooks/instruct-pix2pix", show_default=True,
+              help="Hub id, local diffusers folder, run folder, or LoRA .safetensors file.")
+@click.option("--base", default=None, help="Base model for a LoRA file (default: its own).")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--guidance", default=7.5, show_default=True, type=float,
+              help="Text guidance scale.")
+@click.option("--image-guidance", default=1.5, show_default=True, type=float,
+              help="How closely to keep the input image.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--variations", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Results per image (seeds seed..seed+N-1), saved each and as a grid.")
+@click.option("--size", default=512, show_default=True, type=click.IntRange(32, 4096),
+              help="Long side the model works at; the aspect ratio is kept.")
+@click.option("--output-size", type=click.Choice(["input", "model"]), default="input",
+              show_default=True, help="Return results at the input's size or the model's.")
+@click.option("--mask", type=click.Path(dir_okay=False), default=None,
+              help="Edit only where this mask is white; elsewhere keep the original.")
+@click.option("--feather", default=4.0, show_default=True, type=float,
+              help="Soften the mask edge by this many pixels.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option("--out", default=None, help="Output file (one result) or folder [edits/].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int,
+                 guidance: float, image_guidance: float, seed: int, variations: int, size: int,
+                 output_size: str, mask: str | None, feather: float, batch_size: int,
+                 out: str | None, device: str, dtype: str) -> None:
+    """Edit IMAGE... (files or folders) by INSTRUCTION, e.g. "remove the cars"."""
+    if len(args) < 2:
+        raise click.UsageError('give at least one image and an instruction: '
+                               'editkit edit photo.png "remove the cars"')
+    from .edit import EditSettings, run_edits
+
+    settings = EditSettings(instruction=args[-1], steps=steps, guidance=guidance,
+                            image_guidance=image_guidance, seed=seed, variations=variations,
+                            size=size, output_size=output_size, batch_size=batch_size,
+                            feather=feather)
+    written = run_edits(list(args[:-1]), settings, model, out, base=base, mask=mask,
+                        device=device, dtype=dtype, say=lambda line: click.echo(line, err=True))
+    for path in written:
+        click.echo(str(path))
+
+
 def main(argv: list[str] | None = None) -> None:
     from .plugins import register_commands, registry
+    from .quiet import quiet_libraries
 
+    quiet_libraries()
     debug = os.environ.get("EDITKIT_DEBUG", "") not in ("", "0")
     register_commands(cli)
     for line in registry().errors:

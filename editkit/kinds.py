@@ -78,6 +78,25 @@ class CaptionGenerator(Plugin):
         ...
 
 
+class IndexedCaptionGenerator(CaptionGenerator):
+    """A generator whose triplet number i depends only on (seed, i): implement `triplet`.
+
+    Resuming is then exact: the stream continues from `job.start` as if never interrupted.
+    The batch size (triplets per written shard) is the `batch` option when there is one.
+    """
+
+    def generate(self, job: CaptionJob) -> Iterator[list[dict[str, Any]]]:
+        size = int(getattr(self.options, "batch", 64))
+        index = job.start
+        while True:
+            yield [self.triplet(job.seed, index + k) for k in range(size)]
+            index += size
+
+    @abstractmethod
+    def triplet(self, seed: int, index: int) -> dict[str, Any]:
+        """The triplet at `index` for `seed`: a pure function of both."""
+
+
 # --- render -----------------------------------------------------------------------------
 
 

@@ -95,6 +95,9 @@ def pick_dtype(device: str, preference: str = "auto") -> Any:
 
 def load(cls: Any, ref: str | Path | ModelRef, what: str = "model", **kwargs: Any) -> Any:
     """`cls.from_pretrained(ref)` with errors turned into one clear line."""
+    from .quiet import quiet_progress_bars
+
+    quiet_progress_bars()
     model_ref = ref if isinstance(ref, ModelRef) else resolve(ref)
     try:
         return cls.from_pretrained(model_ref.location, **kwargs)

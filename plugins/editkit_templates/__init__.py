@@ -9,12 +9,12 @@ changed, for renderers that blend locally.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from editkit import hookimpl
-from editkit.kinds import CaptionGenerator, CaptionJob, PluginOptions
+from editkit.kinds import IndexedCaptionGenerator, PluginOptions
 
 EditKind = Literal["change", "add", "remove", "replace"]
 
@@ -67,16 +67,9 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-class TemplateCaptions(CaptionGenerator):
+class TemplateCaptions(IndexedCaptionGenerator):
     name = "template"
     Options = TemplateOptions
-
-    def generate(self, job: CaptionJob) -> Iterator[list[dict[str, Any]]]:
-        index = job.start
-        while True:
-            size = self.options.batch
-            yield [self.triplet(job.seed, index + k) for k in range(size)]
-            index += size
 
     def triplet(self, seed: int, index: int) -> dict[str, Any]:
         """The triplet at `index` for `seed`: a pure function of both."""

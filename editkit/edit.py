@@ -1,0 +1,211 @@
+"""`editkit edit`: one-off edits of real images with an instruction-editing model.
+
+The aspect ratio is kept: the long side goes to `size`, both sides round to what the model
+accepts, and the result is returned at the input's size (said out loud when it differs).
+The settings go into the PNG so any edit can be reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class EditSettings:
+    instruction: str
+    steps: int = 20
+    guidance: float = 7.5
+    image_guidance: float = 1.5
+    seed: int = 0
+    variations: int = 1
+    size: int = 512
+    output_size: str = "input"  # "input" or "model"
+    batch_size: int = 4
+    feather: float = 4.0
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Files as given and the images inside folders, with a clear error for what is missing."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise InputError(f"folder {text} holds no images",
+                                 f"expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
+            found += inside
+        elif path.exists():
+            found.append(path)
+        else:
+            raise InputError(f"no such file: {text}", "check the path")
+    return found
+
+
+def open_image(path: Path) -> Any:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path} is not an image that can be read ({exc})",
+                         "pass a PNG, JPEG or WebP file") from None
+
+
+def working_size(width: int, height: int, size: int, multiple: int) -> tuple[int, int]:
+    """The long side to `size`, the short one scaled to keep the ratio, both rounded to
+    `multiple` (never below it)."""
+    scale = size / max(width, height)
+    return tuple(max(multiple, int(round(side * scale / multiple)) * multiple)  # type: ignore
+                 for side in (width, height))
+
+
+def model_multiple(pipe: Any) -> int:
+    """Image sides must divide by the VAE's factor times the UNet's downsampling."""
+    downs = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    return int(pipe.vae_scale_factor) * downs
+
+
+def output_paths(images: list[Path], out: str | None, variations: int) -> list[list[Path]]:
+    """Where each image's variations go: a file when one image and one variation, else a
+    folder (default `edits/`) with `<stem>.png` or `<stem>-<k>.png` per variation."""
+    if out and Path(out).suffix.lower() in IMAGE_SUFFIXES and not Path(out).is_dir():
+        if len(images) != 1 or variations != 1:
+            raise InputError(f"--out {out} is one file but there are "
+                             f"{len(images) * variations} results", "pass a folder to --out")
+        return [[Path(out)]]
+    folder = Path(out or "edits")
+    taken: set[str] = set()
+    paths = []
+    for image in images:
+        stem = image.stem
+        n = 2
+        while stem in taken:
+            stem = f"{image.stem}-{n}"
+            n += 1
+        taken.add(stem)
+        if variations == 1:
+            paths.append([folder / f"{stem}.png"])
+        else:
+            paths.append([folder / f"{stem}-{k + 1}.png" for k in range(variations)])
+    return paths
+
+
+def load_mask(path: str, size: tuple[int, int], feather: float) -> Any:
+    """A soft mask in [0, 1] at the output size: white is edited, black is kept."""
+    import numpy as np
+    from PIL import ImageFilter
+
+    mask = open_image(Path(path)).convert("L").resize(size)
+    if feather > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(feather))
+    return np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+
+
+def blend(original: Any, edited: Any, mask: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(original, dtype=np.float32)
+    b = np.asarray(edited, dtype=np.float32)
+    return Image.fromarray(np.clip(a * (1 - mask) + b * mask, 0, 255).round().astype(np.uint8))
+
+
+def save_with_settings(image: Any, path: Path, settings: dict[str, Any]) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    from .runs import atomic_save_image
+
+    info = PngInfo()
+    info.add_text("editkit", json.dumps(settings, sort_keys=True))
+    info.add_text("parameters", f"{settings['instruction']}\nSteps: {settings['steps']}, "
+                  f"Guidance: {settings['guidance']}, Image guidance: "
+                  f"{settings['image_guidance']}, Seed: {settings['seed']}, "
+                  f"Model: {settings['model']['ref']}")
+    if path.suffix.lower() == ".png":
+        atomic_save_image(image, path, pnginfo=info)
+    else:
+        atomic_save_image(image, path)
+
+
+def grid(images: list[Any], columns: int = 4) -> Any:
+    from PIL import Image
+
+    width, height = images[0].size
+    columns = min(columns, len(images))
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image.resize((width, height)), ((i % columns) * width, (i // columns) * height))
+    return sheet
+
+
+def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
+              base: str | None = None, mask: str | None = None, device: str = "auto",
+              dtype: str = "auto", say: Callable[[str], None] = print) -> list[Path]:
+    import torch
+
+    from .editmodel import load_edit_pipeline
+
+    images = collect_images(paths)
+    originals = [open_image(p) for p in images]  # every input is checked before loading
+    targets = output_paths(images, out, settings.variations)
+    pipe, spec = load_edit_pipeline(model, device=device, dtype=dtype, base=base)
+    multiple = model_multiple(pipe)
+    jobs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for index, image in enumerate(originals):
+        work = working_size(*image.size, settings.size, multiple)
+        final = image.size if settings.output_size == "input" else work
+        if work != image.size:
+            back = f", returned at {final[0]}x{final[1]}" if final == image.size else ""
+            say(f"{images[index]}: {image.size[0]}x{image.size[1]} is edited at "
+                f"{work[0]}x{work[1]} (long side {settings.size}, sides multiple of "
+                f"{multiple}){back}")
+        for k in range(settings.variations):
+            jobs.setdefault(work, []).append((index, k))
+    written: list[Path] = []
+    results: dict[tuple[int, int], Any] = {}
+    for work, items in jobs.items():
+        for start in range(0, len(items), settings.batch_size):
+            batch = items[start:start + settings.batch_size]
+            inputs = [originals[i].resize(work) for i, _ in batch]
+            generators = [torch.Generator("cpu").manual_seed(settings.seed + k) for _, k in batch]
+            out_images = pipe([settings.instruction] * len(batch), image=inputs,
+                              num_inference_steps=settings.steps,
+                              guidance_scale=settings.guidance,
+                              image_guidance_scale=settings.image_guidance,
+                              generator=generators).images
+            for (i, k), edited in zip(batch, out_images):
+                results[(i, k)] = edited
+    for index, image in enumerate(originals):
+        final = image.size if settings.output_size == "input" else results[(index, 0)].size
+        soft = load_mask(mask, final, settings.feather) if mask else None
+        variants = []
+        for k in range(settings.variations):
+            edited = results[(index, k)].resize(final)
+            if soft is not None:
+                edited = blend(image.resize(final), edited, soft)
+            record = {**asdict(settings), "seed": settings.seed + k, "input": str(images[index]),
+                      "mask": mask, "model": spec.describe(), "editkit": __version__,
+                      "working_size": list(results[(index, k)].size)}
+            save_with_settings(edited, targets[index][k], record)
+            written.append(targets[index][k])
+            variants.append(edited)
+        if settings.variations > 1:
+            sheet = targets[index][0].with_name(f"{targets[index][0].stem.rsplit('-', 1)[0]}"
+                                                f"-grid.png")
+            from .runs import atomic_save_image
+
+            atomic_save_image(grid([image.resize(final)] + variants), sheet)
+            written.append(sheet)
+    return written

@@ -1,0 +1,140 @@
+"""Load an instruction-editing model from whatever the user points at.
+
+An edit model is an InstructPix2Pix pipeline. It may come from a hub id, a local diffusers
+folder, a built-in tiny model, a finished run folder (its `train/final/`), a folder holding
+`editkit_weights.json`, or a LoRA `.safetensors` file applied to its base. Trainers write
+`editkit_weights.json` so that every one of these loads the same way:
+
+    {"type": "pipeline"}                                  a full pipeline in the same folder
+    {"type": "lora", "base": REF, "lora": FILE, "conv_in": FILE or null}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+from .models import ModelRef, load, pick_device, pick_dtype, resolve
+
+DEFAULT_EDIT_MODEL = "timbrooks/instruct-pix2pix"
+WEIGHTS_FILE = "editkit_weights.json"
+
+
+@dataclass(frozen=True)
+class EditModelSpec:
+    ref: str
+    type: str  # "pipeline" or "lora"
+    pipeline: ModelRef  # the pipeline itself, or the LoRA's base
+    lora: Path | None = None
+    conv_in: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"ref": self.ref, "type": self.type,
+                                "pipeline": self.pipeline.describe()}
+        if self.lora is not None:
+            info["lora"] = str(self.lora)
+        if self.conv_in is not None:
+            info["conv_in"] = str(self.conv_in)
+        return info
+
+
+def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpec:
+    try:
+        data = json.loads((folder / WEIGHTS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {folder / WEIGHTS_FILE}: {exc}",
+                         "the trained weights are incomplete; re-run the train stage") from None
+    if data.get("type") == "pipeline":
+        return EditModelSpec(ref, "pipeline", ModelRef(ref, "local", str(folder.resolve())))
+    if data.get("type") == "lora":
+        lora = folder / data.get("lora", "pytorch_lora_weights.safetensors")
+        conv_in = folder / data["conv_in"] if data.get("conv_in") else None
+        return EditModelSpec(ref, "lora", resolve(base or data.get("base") or
+                                                  DEFAULT_EDIT_MODEL), lora, conv_in)
+    raise ModelError(f"{folder / WEIGHTS_FILE} has unknown type {data.get('type')!r}",
+                     "expected 'pipeline' or 'lora'")
+
+
+def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpec:
+    """What `ref` names, without loading anything heavy."""
+    text = str(ref)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "manifest.json").exists() or (path / "train").is_dir():
+            final = path / "train" / "final"
+            if not (final / WEIGHTS_FILE).exists():
+                raise ModelError(f"run folder {text} has no trained weights yet",
+                                 "run its train stage first (editkit run RECIPE --only train)")
+            return _from_weights_file(text, final, base)
+        if (path / WEIGHTS_FILE).exists():
+            return _from_weights_file(text, path, base)
+        if (path / "model_index.json").exists():
+            return EditModelSpec(text, "pipeline", ModelRef(text, "local", str(path.resolve())))
+        raise ModelError(f"{text} is neither a diffusers pipeline folder nor a run folder",
+                         "point --model at a folder with model_index.json, a run folder, "
+                         "a LoRA .safetensors file or a hub id")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ModelError(f"{text} is not a model: only .safetensors LoRA files load",
+                             "pass a LoRA .safetensors file, a folder or a hub id")
+        sibling = path.parent / WEIGHTS_FILE
+        if sibling.exists():
+            spec = _from_weights_file(text, path.parent, base)
+            return EditModelSpec(text, "lora", spec.pipeline, path, spec.conv_in)
+        return EditModelSpec(text, "lora", resolve(base or DEFAULT_EDIT_MODEL), path)
+    return EditModelSpec(text, "pipeline", resolve(text))
+
+
+def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
+    """Give a text-to-image UNet extra input channels, zero-initialised, so it starts out
+    ignoring the image condition exactly as InstructPix2Pix did."""
+    import torch
+
+    old = unet.conv_in
+    if old.in_channels == in_channels:
+        return
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
+                          old.padding, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+
+
+def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto",
+                       base: str | None = None) -> tuple[Any, EditModelSpec]:
+    """The InstructPix2Pix pipeline for `ref`, on the chosen device, and what it was."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    spec = resolve_edit_model(ref, base)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    pipe = load(StableDiffusionInstructPix2PixPipeline, spec.pipeline, "edit model",
+                torch_dtype=torch_dtype)
+    if spec.conv_in is not None:
+        from safetensors.torch import load_file
+
+        widen_conv_in(pipe.unet, 8)
+        weights = load_file(str(spec.conv_in))
+        pipe.unet.conv_in.load_state_dict({k.split("conv_in.")[-1]: v.to(torch_dtype)
+                                           for k, v in weights.items()})
+    if pipe.unet.config.in_channels != 8:
+        raise ModelError(
+            f"'{spec.pipeline.ref}' is a text-to-image model (its UNet takes "
+            f"{pipe.unet.config.in_channels} channels), not an instruction editor",
+            "use an InstructPix2Pix model (like timbrooks/instruct-pix2pix) or a run trained "
+            "from it")
+    if spec.lora is not None:
+        try:
+            pipe.load_lora_weights(str(spec.lora.parent), weight_name=spec.lora.name)
+        except Exception as exc:
+            raise ModelError(f"could not load LoRA {spec.lora} onto '{spec.pipeline.ref}': "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                             "check that the LoRA was trained on this base (--base)") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device), spec

@@ -1,0 +1,94 @@
+"""`use: shapes`: caption triplets of the shapes world, each carrying the true scenes.
+
+Every triplet is one edit of one attribute; `scene_before` and `scene_after` let the oracle
+judge a rendered pair (did the named attribute change, and nothing else?).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from typing import Any, Literal
+
+from pydantic import Field
+
+from editkit.kinds import IndexedCaptionGenerator, PluginOptions
+
+from .world import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZES, Scene, Shape, \
+    random_scene
+
+ShapeEdit = Literal["colour", "kind", "size", "background", "add", "remove"]
+
+
+class ShapesOptions(PluginOptions):
+    edits: list[ShapeEdit] = Field(default_factory=lambda: ["colour", "kind", "size",
+                                                            "background", "add", "remove"],
+                                   min_length=1)
+    max_shapes: int = Field(2, ge=1, le=3)
+    batch: int = Field(64, ge=1)
+
+
+def scene_to_dict(scene: Scene) -> dict[str, Any]:
+    return {"background": scene.background, "shapes": [asdict(s) for s in scene.shapes]}
+
+
+def scene_from_dict(data: dict[str, Any]) -> Scene:
+    return Scene(tuple(Shape(**s) for s in data["shapes"]), data["background"])
+
+
+def edit_scene(scene: Scene, kind: str, rng: random.Random,
+               max_shapes: int = 2) -> tuple[Scene, str, list[str]] | None:
+    """One edit of `kind` applied to `scene`: (edited scene, instruction, changed words),
+    or None when the scene does not allow it (nothing to remove, no room to add)."""
+    if kind == "background":
+        new = rng.choice([b for b in BACKGROUNDS if b != scene.background])
+        return Scene(scene.shapes, new), f"make the background {new}", [new]
+    if kind == "add":
+        free = [(r, c) for r in ROWS for c in COLUMNS if (r, c) not in scene.cells()]
+        kinds = [k for k in SHAPES if k not in {s.kind for s in scene.shapes}]
+        if not free or not kinds or len(scene.shapes) >= max_shapes:
+            return None
+        row, column = rng.choice(free)
+        shape = Shape(rng.choice(kinds), rng.choice(list(COLOURS)), rng.choice(list(SIZES)),
+                      row, column)
+        return (Scene(scene.shapes + (shape,), scene.background),
+                f"add {shape.phrase()}", [shape.size, shape.colour, shape.kind])
+    index = rng.randrange(len(scene.shapes))
+    target = scene.shapes[index]
+    if kind == "remove":
+        if len(scene.shapes) < 2:
+            return None
+        rest = tuple(s for i, s in enumerate(scene.shapes) if i != index)
+        return Scene(rest, scene.background), f"remove the {target.kind}", [target.kind]
+    if kind == "colour":
+        new = rng.choice([c for c in COLOURS if c != target.colour])
+        return scene.with_shape(index, colour=new), f"make the {target.kind} {new}", [new]
+    if kind == "size":
+        new = "small" if target.size == "large" else "large"
+        return scene.with_shape(index, size=new), f"make the {target.kind} {new}", [new]
+    others = {s.kind for s in scene.shapes}
+    choices = [k for k in SHAPES if k not in others]
+    if not choices:
+        return None
+    new = rng.choice(choices)
+    return (scene.with_shape(index, kind=new),
+            f"turn the {target.kind} into a {new}", [new])
+
+
+class ShapesCaptions(IndexedCaptionGenerator):
+    name = "shapes"
+    Options = ShapesOptions
+
+    def triplet(self, seed: int, index: int) -> dict[str, Any]:
+        rng = random.Random(f"editkit-shapes:{seed}:{index}")
+        while True:
+            scene = random_scene(rng, self.options.max_shapes)
+            kind = rng.choice(self.options.edits)
+            edited = edit_scene(scene, kind, rng, self.options.max_shapes)
+            if edited is not None:
+                break
+        after, instruction, words = edited
+        return {"input": scene.caption(), "edit": instruction, "output": after.caption(),
+                "edit_kind": kind, "words": words,
+                "region": "background" if kind == "background" else "foreground",
+                "scene_before": scene_to_dict(scene), "scene_after": scene_to_dict(after)}
