@@ -67,7 +67,7 @@ def test_adamw8bit_runs_on_cpu_from_plain_sd_and_trains_conv_in(pairs, tmp_path)
     from diffusers import StableDiffusionInstructPix2PixPipeline
     from safetensors.torch import load_file
 
-    from editkit.training.unet import load_conv_in
+    from editkit.editmodel import load_edit_pipeline
 
     result = train_lora(pairs, tmp_path / "train", base="tiny-sd", steps=4,
                         checkpoint_every=4, optimizer="adamw8bit", min_8bit_size=1)
@@ -81,12 +81,16 @@ def test_adamw8bit_runs_on_cpu_from_plain_sd_and_trains_conv_in(pairs, tmp_path)
     conv = load_file(final / "conv_in.safetensors")
     assert conv["weight"].shape[1] == 8
     assert conv["weight"][:, 4:].abs().max() > 0  # the zero-initialised image channels learnt
+    # the plain base widened with untrained (zero) image channels, then the trained weights
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_model("tiny-sd"))
     pipe.set_progress_bar_config(disable=True)
-    load_conv_in(pipe.unet, final / "conv_in.safetensors")
+    from editkit.editmodel import widen_conv_in
+
+    widen_conv_in(pipe.unet, 8)
     before = edit(pipe)
-    pipe.load_lora_weights(final)
-    assert np.abs(edit(pipe) - before).mean() > 1e-3
+    trained, spec = load_edit_pipeline(final, device="cpu")  # what `editkit edit` loads
+    assert spec.type == "lora" and spec.conv_in is not None
+    assert np.abs(edit(trained) - before).mean() > 1e-3
 
 
 def test_resume_continues_exactly_and_keeps_learning(pairs, tmp_path):
