@@ -26,6 +26,7 @@ from .unet import Components, conv_in_state, load_components
 _VERBS = set("""a an the of and with in on at to for from into it them this that there make
 turn paint add remove replace change swap put take away get rid give let have be is are was
 were more less some any its their into onto""".split())
+_ADDING = {"add", "put", "insert", "place", "draw", "include"}
 
 
 class EditOptions(TrainOptions):
@@ -182,8 +183,10 @@ class EditTask:
         if not row.caption:
             return None
         present = edit_object_words(row.caption) | edit_object_words(row.prompt)
+        # "add a tree" to a picture without one is a real edit, not one to refuse
         options = [r.prompt for r in self.rows
-                   if edit_object_words(r.prompt) and not edit_object_words(r.prompt) & present]
+                   if edit_object_words(r.prompt) and not edit_object_words(r.prompt) & present
+                   and r.prompt.lower().split()[0] not in _ADDING]
         return rng.choice(options) if options else None
 
     def _latents_for(self, images: list[Any], bucket: tuple[int, int], generator: Any,

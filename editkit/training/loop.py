@@ -141,10 +141,15 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError:
-            available = torch.cuda.get_device_properties(device).total_memory
+            if device.type == "cuda":
+                available = torch.cuda.get_device_properties(device).total_memory
+            else:
+                import psutil
+
+                available = psutil.virtual_memory().total
             fits = memory.fitting_changes(size, options, available)
             raise RunError(
-                f"out of GPU memory at step {step + 1} ({memory.describe(parts)}; the GPU has "
+                f"out of memory at step {step + 1} ({memory.describe(parts)}; {device} has "
                 f"{available / memory.GIB:.1f} GiB)",
                 "options that should fit: " + "; ".join(fits) if fits else
                 "no single option change fits: try a smaller base model or resolution") \

@@ -116,3 +116,37 @@ def test_resume_continues_exactly_and_keeps_learning(pairs, tmp_path):
     first = sum(float(mid[k].abs().sum()) for k in lora_keys)  # lora_B starts at zero
     assert moved > 0.3 * first > 0
     assert resumed["last_loss"] == pytest.approx(straight["last_loss"], rel=1e-4)
+
+
+def test_bf16_cached_latents_no_change_and_cosine_schedule_train_together(pairs, tmp_path):
+    import torch
+
+    result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=2,
+                        checkpoint_every=2, mixed_precision="bf16", cache_latents=True,
+                        no_change_fraction=0.5, lr_scheduler="cosine", warmup_steps=1,
+                        validation_images=0)
+    assert result["steps"] == 2 and np.isfinite(result["last_loss"])
+    log = (tmp_path / "train" / "log.txt").read_text()
+    assert "cache_latents: crops are centred" in log
+    assert "no-change augmentation on 50% of examples" in log
+    sched = torch.load(tmp_path / "train" / "checkpoints" / "step-00000002" / "scheduler.pt",
+                       weights_only=False)
+    assert sched["last_epoch"] == 2 and sched["_last_lr"][0] == pytest.approx(0.0)
+
+
+def test_no_change_instructions_name_something_absent_from_the_input(tmp_path):
+    import random
+
+    from editkit.training.data import Row
+    from editkit.training.edit import EditOptions, EditTask
+
+    task = EditTask(EditOptions(no_change_fraction=0.1), tmp_path, tmp_path, 0)
+    img = tmp_path / "x.png"
+    task.rows = [Row("a", "make the car red", img, img, caption="a photo of a car"),
+                 Row("b", "remove the dog", img, img, caption="a photo of a dog"),
+                 Row("c", "add a tree", img, img, caption="a photo of a car and a tree")]
+    rng = random.Random(0)
+    picks = {task._absent_instruction(task.rows[0], rng) for _ in range(20)}
+    # the dog is absent from a photo of a car; adding a tree would be a real edit
+    assert picks == {"remove the dog"}
+    assert task._absent_instruction(Row("d", "x", img, img, caption=""), rng) is None
