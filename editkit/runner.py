@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import shutil
-import time
+from contextlib import nullcontext
 from typing import Any
 
 import yaml
@@ -14,8 +14,11 @@ from .console import progress_bars
 from .errors import RunError
 from .recipe import Recipe
 from .runs import RunFolder, atomic_write_text, fingerprint
-from .stages import DRIVERS, StageContext, stage_config, timed
+from .distributed import current
+from .stages import DRIVERS, StageContext, render_summary, stage_config, timed
 
+# Stages every process runs its share of; the others run on the main process alone.
+EVERY_PROCESS = ("render", "train")
 # Stages whose outputs live outside their own folder.
 _EXTRA_OUTPUTS = {"filters": ["dataset"], "render": ["dataset"]}
 
@@ -57,70 +60,65 @@ def run_recipe(recipe: Recipe, *, fresh: bool = False, only: str | None = None,
     if only is not None and only not in stages:
         raise RunError(f"--only {only}: the recipe has no such stage",
                        f"choose one of: {', '.join(stages)}")
+    dist = current()
     run = RunFolder(recipe.output)
-    rank, world = process_rank()
-    if world > 1 and rank != 0:
-        return _run_helper_process(recipe, run, only)
-    with run.locked():
-        invalid, changes = changed_stages(recipe, run)
-        if invalid and not fresh:
-            shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more"
-                                              if len(changes) > 5 else "")
-            kept = [s for s in stages if s not in invalid]
-            keep_text = f" (keeps {', '.join(kept)})" if kept else ""
-            raise RunError(
-                f"the recipe changed stage '{invalid[0]}' since {run.path} was made: {shown}",
-                f"add --fresh to redo {', '.join(invalid)}{keep_text}, "
-                f"or set output= to a new folder",
-            )
-        if fresh:
-            discard(run, invalid or stages)
-        atomic_write_text(run.path / "recipe.yaml",
-                          yaml.safe_dump(recipe.resolved(), sort_keys=False))
-        run.update_manifest(
-            editkit=__version__, python=platform.python_version(), recipe=recipe.model.name,
-            seed=recipe.model.seed,
-            plugins={s: {"use": p.info.name, "package": p.info.package,
-                         "distribution": p.info.distribution, "version": p.info.version}
-                     for s, p in recipe.plugins.items()},
-            packages=_package_versions(),
-        )
+    with run.locked() if dist.is_main else nullcontext():
+        if dist.is_main:
+            _prepare(recipe, run, fresh)
+        dist.barrier()
         summaries: dict[str, Any] = {}
-        with progress_bars(progress) as bars:
-            ctx = StageContext(recipe=recipe, run=run, progress=bars)
+        with progress_bars(progress if dist.is_main else False) as bars:
+            ctx = StageContext(recipe=recipe, run=run, progress=bars, dist=dist)
             for stage in stages:
                 if only is not None and stage != only:
                     continue
-                state = run.stage_state(stage)
+                everyone = stage in EVERY_PROCESS
                 config = stage_config(recipe, stage)
-                if state is None or state["config"] != config:
-                    run.write_stage_state(stage, {"config": config, "complete": False})
-                started = time.time()
-                summary = timed(DRIVERS[stage], ctx)
-                run.write_stage_state(stage, {"config": config, "complete": True,
-                                              "finished": started})
-                run.update_manifest(stages={stage: summary})
+                if dist.is_main:
+                    state = run.stage_state(stage)
+                    if state is None or state["config"] != config:
+                        run.write_stage_state(stage, {"config": config, "complete": False})
+                dist.barrier()
+                summary: dict[str, Any] = {}
+                if everyone or dist.is_main:
+                    summary = timed(DRIVERS[stage], ctx)
+                dist.barrier()
+                if dist.is_main:
+                    if stage == "render" and dist.world > 1:
+                        summary.update(render_summary(run))  # every process's records
+                    run.write_stage_state(stage, {"config": config, "complete": True})
+                    run.update_manifest(stages={stage: summary},
+                                        processes=dist.world)
                 summaries[stage] = summary
         return summaries
 
 
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) when started by `accelerate launch` or `torchrun`, else (0, 1)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _run_helper_process(recipe: Recipe, run: RunFolder, only: str | None) -> dict[str, Any]:
-    """A non-main process of a multi-process launch: it joins the train stage (data parallel)
-    and writes nothing of the run folder's own (lock, recipe, manifest, stage state): the
-    main process owns those. Earlier stages run in the main process alone; the trainer's
-    process-group start waits until the main process reaches training."""
-    if "train" not in recipe.stages() or only not in (None, "train"):
-        return {}
-    with progress_bars(False) as bars:
-        ctx = StageContext(recipe=recipe, run=run, progress=bars)
-        return {"train": timed(DRIVERS["train"], ctx)}
+def _prepare(recipe: Recipe, run: RunFolder, fresh: bool) -> None:
+    """Check the folder against the recipe, discard what --fresh asks, save the recipe."""
+    stages = recipe.stages()
+    invalid, changes = changed_stages(recipe, run)
+    if invalid and not fresh:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more"
+                                          if len(changes) > 5 else "")
+        kept = [s for s in stages if s not in invalid]
+        keep_text = f" (keeps {', '.join(kept)})" if kept else ""
+        raise RunError(
+            f"the recipe changed stage '{invalid[0]}' since {run.path} was made: {shown}",
+            f"add --fresh to redo {', '.join(invalid)}{keep_text}, "
+            f"or set output= to a new folder",
+        )
+    if fresh:
+        discard(run, invalid or stages)
+    atomic_write_text(run.path / "recipe.yaml",
+                      yaml.safe_dump(recipe.resolved(), sort_keys=False))
+    run.update_manifest(
+        editkit=__version__, python=platform.python_version(), recipe=recipe.model.name,
+        seed=recipe.model.seed,
+        plugins={s: {"use": p.info.name, "package": p.info.package,
+                     "distribution": p.info.distribution, "version": p.info.version}
+                 for s, p in recipe.plugins.items()},
+        packages=_package_versions(),
+    )
 
 
 def _package_versions() -> dict[str, str]:

@@ -66,11 +66,20 @@ def fingerprint(data: Any) -> str:
 class RecordStore:
     """Append-only JSONL records of one stage, in shards written atomically."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, writer: str = ""):
+        """`writer` tags this process's shards (`shard-r01-000003.jsonl`) so several
+        processes can append to one stage without choosing the same name."""
         self.directory = Path(directory)
+        self.writer = writer
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(f".{SHARD_PREFIX}*.tmp"):
-            stale.unlink(missing_ok=True)  # a write interrupted before its rename
+        self._swept = False
+
+    def _sweep(self) -> None:
+        """Remove this writer's temporary files left by a write killed before its rename.
+        Only its own: another process may be writing one of its own right now."""
+        for stale in self.directory.glob(f".{SHARD_PREFIX}{self.writer}[0-9]*.tmp"):
+            stale.unlink(missing_ok=True)
+        self._swept = True
 
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}"))
@@ -85,9 +94,12 @@ class RecordStore:
     def append(self, records: list[dict[str, Any]]) -> Path | None:
         if not records:
             return None
-        shards = self.shards()
-        number = int(shards[-1].name[len(SHARD_PREFIX):-len(SHARD_SUFFIX)]) + 1 if shards else 0
-        path = self.directory / f"{SHARD_PREFIX}{number:06d}{SHARD_SUFFIX}"
+        if not self._swept:
+            self._sweep()
+        prefix = f"{SHARD_PREFIX}{self.writer}"
+        mine = sorted(self.directory.glob(f"{prefix}[0-9]*{SHARD_SUFFIX}"))
+        number = int(mine[-1].name[len(prefix):-len(SHARD_SUFFIX)]) + 1 if mine else 0
+        path = self.directory / f"{prefix}{number:06d}{SHARD_SUFFIX}"
         text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         atomic_write_text(path, text)
         return path
@@ -106,8 +118,8 @@ class RunFolder:
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage
 
-    def store(self, stage: str) -> RecordStore:
-        return RecordStore(self.stage_dir(stage))
+    def store(self, stage: str, writer: str = "") -> RecordStore:
+        return RecordStore(self.stage_dir(stage), writer)
 
     # --- the lock: two processes writing one run folder would double records --------------
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .distributed import Dist
 from .errors import RunError
 from .kinds import CaptionJob, FilterJob, RenderJob, Reject, TrainJob
 from .recipe import Recipe
@@ -27,7 +28,7 @@ class StageContext:
     recipe: Recipe
     run: RunFolder
     progress: Any  # editkit.console.Progress-like: add(label, total) -> update(n)
-    summary: dict[str, Any] = field(default_factory=dict)
+    dist: Dist = field(default_factory=Dist)
 
 
 def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -128,18 +129,20 @@ def kept_records(run: RunFolder, stage: str) -> list[dict[str, Any]]:
 # --- render -----------------------------------------------------------------------------
 
 
-def run_render(ctx: StageContext, rank: int = 0, world: int = 1) -> dict[str, Any]:
+def run_render(ctx: StageContext) -> dict[str, Any]:
+    """Render every kept triplet not yet rendered; under several processes each renders the
+    triplets whose position in the caption order falls to its rank."""
     triplets = kept_records(ctx.run, "captions")
     if ctx.recipe.model.captions is not None:
         triplets = triplets[:ctx.recipe.model.captions.count]
     if not triplets:
         raise RunError("render: there are no kept captions to render",
                        "run the captions stage first (editkit run RECIPE --only captions)")
-    store = ctx.run.store("render")
+    store = ctx.run.store("render", ctx.dist.writer)
     done = {r["triplet_id"] for r in store.read()}
-    todo = [t for t in triplets if t["id"] not in done]
-    todo = todo[rank::world]
-    bar = ctx.progress.add("render", total=len(triplets), completed=len(triplets) - len(todo))
+    mine = triplets[ctx.dist.rank::ctx.dist.world]
+    todo = [t for t in mine if t["id"] not in done]
+    bar = ctx.progress.add("render", total=len(mine), completed=len(mine) - len(todo))
     if todo:
         renderer = ctx.recipe.plugins["render"].create()
         chunk = max(1, int(getattr(renderer.options, "triplets_per_batch", 1) or 1))
@@ -150,7 +153,11 @@ def run_render(ctx: StageContext, rank: int = 0, world: int = 1) -> dict[str, An
                                                      work_dir=ctx.run.stage_dir("render"))))
             store.append(_pair_records(group, results, image_dir))
             bar.advance(len(group))
-    records = store.read()
+    return render_summary(ctx.run)
+
+
+def render_summary(run: RunFolder) -> dict[str, Any]:
+    records = run.store("render").read()
     kept = sum(r["status"] == KEPT for r in records)
     return {"pairs": kept, "rejected": len(records) - kept,
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED))}
@@ -270,7 +277,7 @@ def write_dataset(run: RunFolder, pairs: list[dict[str, Any]]) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     render_dir = run.stage_dir("render")
     lines = []
-    for pair in pairs:
+    for pair in sorted(pairs, key=lambda p: p["id"]):
         row = {"id": pair["id"], "edit_prompt": pair["edit"], "input": pair["input"],
                "output": pair["output"], "seed": pair.get("settings", {}).get("seed"),
                "scores": pair.get("scores", {})}

@@ -39,10 +39,13 @@ def test_record_store_appends_whole_shards_and_ignores_stale_temp(tmp_path):
     store = RecordStore(tmp_path / "s")
     store.append([{"id": "1"}, {"id": "2"}])
     (tmp_path / "s" / ".shard-000001.jsonl.abc.tmp").write_text('{"id": "half')
+    (tmp_path / "s" / ".shard-r01-000000.jsonl.xyz.tmp").write_text("another writer's")
     store = RecordStore(tmp_path / "s")
+    assert [r["id"] for r in store.read()] == ["1", "2"]
     store.append([{"id": "3"}])
     assert [r["id"] for r in store.read()] == ["1", "2", "3"]
-    assert not list((tmp_path / "s").glob(".*.tmp"))
+    left = [p.name for p in (tmp_path / "s").glob(".*.tmp")]
+    assert left == [".shard-r01-000000.jsonl.xyz.tmp"]  # never another writer's
 
 
 def test_atomic_write_keeps_permissions_readable(tmp_path):
@@ -159,3 +162,40 @@ def test_dataset_has_the_columns_instructpix2pix_training_reads(cli, tmp_path):
     manifest = json.loads((tmp_path / "runs/kill/manifest.json").read_text())
     assert manifest["stages"]["filters"]["kept"] == 12
     assert manifest["plugins"]["render"]["distribution"] == "editkit-testkit"
+
+
+def test_two_processes_under_accelerate_make_the_same_dataset(cli, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        write_recipe(folder, RECIPE.format(count=12))
+    cli.cwd = one
+    assert cli("run", "recipe.yaml", plugins=["testkit"]).returncode == 0
+    env = cli.env(["testkit"])
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(29500 + os.getpid() % 1000),
+         "-m", "editkit", "run", "recipe.yaml"],
+        cwd=two, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, "\n".join(l for l in launched.stderr.splitlines() if "Error" in l)
+    shards = sorted(p.name for p in (two / "runs/kill/render").glob("shard-*.jsonl"))
+    assert any(name.startswith("shard-r00-") for name in shards)
+    assert any(name.startswith("shard-r01-") for name in shards)
+
+    def dataset(folder):
+        rows = (folder / "runs/kill/dataset/metadata.jsonl").read_text().splitlines()
+        return [json.loads(r) for r in rows]
+
+    assert dataset(two) == dataset(one)
+    for row in dataset(two):
+        a = (one / "runs/kill/dataset" / row["edited_image"]).read_bytes()
+        assert (two / "runs/kill/dataset" / row["edited_image"]).read_bytes() == a
+    manifest = json.loads((two / "runs/kill/manifest.json").read_text())
+    assert manifest["processes"] == 2
+    assert manifest["stages"]["render"]["pairs"] == 24
+    assert json.loads((two / "runs/kill/train/weights.json").read_text())["examples"] == 24
