@@ -73,11 +73,10 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
         if done.get("steps") == options.steps:
             return done  # finished; a larger `steps` continues from the last checkpoint
 
-    # Several processes without CUDA (accelerate launch --multi_gpu on a CPU machine, or
-    # torchrun) train on the CPU with gloo; accelerate only picks that when told `cpu`.
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=options.mixed_precision,
-                              cpu=several and not torch.cuda.is_available())
+    from editkit.distributed import uses_cpu
+
+    # matches the runner's process state: several processes without CUDA use gloo on the CPU
+    accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=uses_cpu())
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()

@@ -10,8 +10,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -19,7 +17,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_process_accelerate_run_trains_and_saves_once(pairs, tmp_path, cli):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""
