@@ -25,6 +25,10 @@ from .ema import EMA
 from .optim import make_optimizer, make_scheduler
 
 
+STAT_KEYS = ("steps", "optimizer", "last_loss", "memory_estimate_gib", "peak_memory_gib",
+             "seconds_per_step")
+
+
 class Task(Protocol):
     """What a trainer plugs into the loop."""
 
@@ -70,10 +74,18 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     result_path = output_dir / "result.json"
     if result_path.exists() and (output_dir / "final" / "editkit_weights.json").exists():
         done = json.loads(result_path.read_text())
-        if done.get("steps") == options.steps:
-            return done  # finished; a larger `steps` continues from the last checkpoint
+        if done.get("steps") == options.steps:  # finished; more `steps` continue training
+            stats.update({k: done.get(k) for k in STAT_KEYS})
+            return done
+
+    from accelerate.state import AcceleratorState
 
     from editkit.distributed import uses_cpu
+
+    # accelerate keeps one AcceleratorState per process; a second training in the same process
+    # (the library API, benchmarks, tests) may ask for another precision. The process group
+    # (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
 
     # matches the runner's process state: several processes without CUDA use gloo on the CPU
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=uses_cpu())
@@ -213,9 +225,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     task.close()
     if not accelerator.is_main_process:
         result = json.loads(result_path.read_text())
-    stats.update({k: result.get(k) for k in ("steps", "optimizer", "last_loss",
-                                             "memory_estimate_gib", "peak_memory_gib",
-                                             "seconds_per_step")})
+    stats.update({k: result.get(k) for k in STAT_KEYS})
     return result
 
 

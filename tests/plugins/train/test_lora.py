@@ -96,17 +96,17 @@ def test_adamw8bit_runs_on_cpu_from_plain_sd_and_trains_conv_in(pairs, tmp_path)
 def test_resume_continues_exactly_and_keeps_learning(pairs, tmp_path):
     from safetensors.torch import load_file
 
-    n = 3
+    n = 2
     straight = train_lora(pairs, tmp_path / "a", base="tiny-ip2p", steps=2 * n,
                           checkpoint_every=n, validation_images=0)
     train_lora(pairs, tmp_path / "b", base="tiny-ip2p", steps=n, checkpoint_every=n,
                validation_images=0)
     resumed = train_lora(pairs, tmp_path / "b", base="tiny-ip2p", steps=2 * n,
                          checkpoint_every=n, validation_images=0)
-    assert "resumed from step-00000003" in (tmp_path / "b" / "log.txt").read_text()
-    a = load_file(tmp_path / "a" / "checkpoints" / "step-00000006" / "trainable.safetensors")
-    b = load_file(tmp_path / "b" / "checkpoints" / "step-00000006" / "trainable.safetensors")
-    mid = load_file(tmp_path / "b" / "checkpoints" / "step-00000003" / "trainable.safetensors")
+    assert "resumed from step-00000002" in (tmp_path / "b" / "log.txt").read_text()
+    a = load_file(tmp_path / "a" / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    mid = load_file(tmp_path / "b" / "checkpoints" / "step-00000002" / "trainable.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert np.allclose(a[key].numpy(), b[key].numpy(), atol=1e-5), key
