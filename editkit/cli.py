@@ -144,6 +144,71 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
         click.echo(str(path))
 
 
+@cli.command(name="eval")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "models", multiple=True, required=True,
+              help="Edit model (repeatable): hub id, diffusers folder, run folder, LoRA file.")
+@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test",
+              show_default=True, help="Which rows of a dataset with a split column.")
+@click.option("--out", default=None, help="Folder for metrics.json, metrics.md and the edits "
+              "[RUN/evaluate for a run folder, else eval/].")
+@click.option("--steps", default=50, show_default=True, type=int)
+@click.option("--guidance", default=7.5, show_default=True, type=float)
+@click.option("--image-guidance", default=1.5, show_default=True, type=float)
+@click.option("--resolution", default=512, show_default=True, type=int,
+              help="Inputs are resized to this square.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--limit", default=200, show_default=True, type=int, help="At most this many rows.")
+@click.option("--batch-size", default=4, show_default=True, type=int)
+@click.option("--clip-model", default=None, help="CLIP model [openai/clip-vit-large-patch14].")
+@click.option("--dino-model", default=None, help="DINOv2 model [facebook/dinov2-base].")
+@click.option("--device", default="auto", show_default=True)
+def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | None,
+                 **options: Any) -> None:
+    """Measure edit models on DATASET (a run folder or a folder with metadata.jsonl):
+    CLIP_im, CLIP_dir, CLIP_out, DINO, L1 (and L1 against the target where there is one)."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from .errors import InputError
+    from .evalsettings import EvalSettings
+    from .evaluate import evaluate_models, load_rows, markdown_table, write_results
+
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        settings = EvalSettings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}",
+                         "see editkit eval --help") from None
+    rows, source = load_rows(dataset, split, settings.limit)
+    if not rows:
+        raise InputError(f"{dataset} has no rows in split '{split}'",
+                         "choose another --split (or --split all)")
+    is_run = (Path(dataset) / "dataset" / "metadata.jsonl").is_file()
+    folder = Path(out) if out else (Path(dataset) / "evaluate" if is_run else Path("eval"))
+    result = evaluate_models(list(models), rows, folder, settings, source)
+    json_path, md_path = write_results(folder, result)
+    click.echo(markdown_table(result).rstrip())
+    click.echo(f"wrote {json_path} and {md_path}", err=True)
+
+
+@cli.command(name="report")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, help="Folder for index.html and thumbnails [RUN/report].")
+@click.option("--thumb-size", default=80, show_default=True,
+              type=click.IntRange(16, 512),
+              help="Longest side of each thumbnail image, in pixels.")
+def report_command(run: str, out: str | None, thumb_size: int) -> None:
+    """Write a static HTML report of RUN: pairs, captions, scores, rejects, statistics,
+    evaluation and training samples, with thumbnails so thousands of pairs open fast."""
+    from .report import write_report
+
+    page = write_report(run, out, thumb_size=thumb_size)
+    click.echo(str(page))
+
+
 def main(argv: list[str] | None = None) -> None:
     from .plugins import register_commands, registry
     from .quiet import quiet_libraries

@@ -55,7 +55,9 @@ class CaptionJob:
     `start` is the index of the next attempt (kept + rejected records already on disk): a
     deterministic generator derives attempt `start + k` from `(seed, start + k)` alone, so a
     resumed run continues the same stream. `seen` holds normalised keys of kept triplets.
-    `stats` is merged into the manifest (token usage, cost, ...).
+    `stats` is merged into the manifest (token usage, cost, ...). The stage updates `kept`
+    (triplets kept so far in this job) after each batch, so a generator paying per request
+    can ask for no more than it still needs.
     """
 
     count: int
@@ -64,6 +66,7 @@ class CaptionJob:
     seen: set[str] = field(default_factory=set)
     work_dir: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    kept: int = 0
 
 
 class CaptionGenerator(Plugin):

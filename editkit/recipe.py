@@ -17,8 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RecipeError
+from .evalsettings import EvalSettings
 
-STAGES = ("captions", "render", "filters", "train")
+STAGES = ("captions", "render", "filters", "train", "evaluate")
 KIND_FOR_STAGE = {
     "captions": "caption generator",
     "render": "renderer",
@@ -36,6 +37,18 @@ class StageSpec(BaseModel):
 
 class CaptionsSpec(StageSpec):
     count: int = Field(100, gt=0)
+    # The model whose CLIP tokenizer counts caption tokens (default: render.options.model).
+    tokenizer: str | None = None
+
+
+class EvaluateSpec(EvalSettings):
+    """`evaluate:` holds out `split` of the triplets (by id) and measures the base edit model
+    and the trained one on them; the rest are `editkit eval`'s settings."""
+
+    split: float = Field(0.05, gt=0, lt=1, description="fraction of triplets held out")
+    base: str | None = Field(None, description="edit model to compare against; default: the "
+                             "trainer's `base` option, else timbrooks/instruct-pix2pix")
+    models: list[str] = Field(default_factory=list, description="more edit models to measure")
 
 
 class RecipeModel(BaseModel):
@@ -48,6 +61,7 @@ class RecipeModel(BaseModel):
     render: StageSpec | None = None
     filters: list[StageSpec] = Field(default_factory=list)
     train: StageSpec | None = None
+    evaluate: EvaluateSpec | None = None
 
     @field_validator("output")
     @classmethod
@@ -94,6 +108,8 @@ class Recipe:
             out.append("filters")
         if self.model.train is not None:
             out.append("train")
+        if self.model.evaluate is not None:
+            out.append("evaluate")
         return out
 
     @property
@@ -206,6 +222,9 @@ def validate(data: dict[str, Any], source: str) -> Recipe:
     if model is not None and not problems:
         if model.filters and model.render is None:
             problems.append(("filters", "filters need a render stage to score its pairs"))
+        if model.evaluate is not None and model.render is None:
+            problems.append(("evaluate", "evaluate holds out pairs of the render stage; add a "
+                             "render stage, or measure a dataset with editkit eval"))
         if not any([model.captions, model.render, model.filters, model.train]):
             problems.append(("", f"a recipe needs at least one stage: {', '.join(STAGES)}"))
     if problems:

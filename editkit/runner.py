@@ -44,6 +44,10 @@ def diff(old: Any, new: Any, prefix: str = "") -> list[str]:
             path = f"{prefix}.{key}" if prefix else str(key)
             lines += diff(old.get(key, "<unset>"), new.get(key, "<unset>"), path)
         return lines
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        # filters are a list: name the item that changed (filters.0.options.min_image)
+        return [line for i, (a, b) in enumerate(zip(old, new))
+                for line in diff(a, b, f"{prefix}.{i}" if prefix else str(i))]
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .distributed import Dist
+from .diversity import triplet_diversity
 from .errors import RunError
 from .kinds import CaptionJob, FilterJob, RenderJob, Reject, TrainJob
 from .recipe import Recipe
 from .runs import RunFolder, atomic_save_image, atomic_write_text, fingerprint
+from .tokens import TokenLimit, tokenizer_ref
 from .triplets import check_triplet, dedupe_key
 
 KEPT, REJECTED = "kept", "rejected"
@@ -38,7 +40,9 @@ def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
     """
     data = recipe.resolved()
     if stage == "filters":
-        return {"filters": data["filters"]}
+        # the filters stage writes the dataset, whose `split` column the held-out fraction sets
+        split = {"split": data["evaluate"]["split"]} if "evaluate" in data else {}
+        return {"filters": data["filters"], **split}
     spec = {k: v for k, v in data[stage].items() if k != "count"}
     return {"seed": data.get("seed", 0), stage: spec}
 
@@ -56,7 +60,9 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
     attempts = len(records)
     stats: dict[str, Any] = dict(ctx.run.manifest().get("stages", {}).get("captions", {})
                                  .get("stats", {}))
+    token_ref = tokenizer_ref(ctx.recipe)
     if len(kept) < spec.count:
+        limit = TokenLimit(token_ref) if token_ref else None
         generator = ctx.recipe.plugins["captions"].create()
         job = CaptionJob(count=spec.count - len(kept), seed=ctx.recipe.model.seed,
                          start=attempts, seen=set(seen), work_dir=ctx.run.stage_dir("captions"),
@@ -68,12 +74,13 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             for item in batch:
                 if len(kept) + sum(r["status"] == KEPT for r in out) >= spec.count:
                     break
-                record = _caption_record(item, attempts, seen)
+                record = _caption_record(item, attempts, seen, limit)
                 attempts += 1
                 out.append(record)
             store.append(out)
             new = sum(r["status"] == KEPT for r in out)
             kept += [r for r in out if r["status"] == KEPT]
+            job.kept += new
             bar.update(len(kept))
             barren = 0 if new else barren + len(out)
             if len(kept) >= spec.count:
@@ -86,7 +93,8 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
                 )
         stats = job.stats
     records = store.read()
-    kept_n = sum(r["status"] == KEPT for r in records)
+    final = [r for r in records if r["status"] == KEPT]
+    kept_n = len(final)
     if kept_n < spec.count:
         raise RunError(
             f"captions: the generator stopped after {kept_n} of {spec.count} triplets",
@@ -96,15 +104,21 @@ def run_captions(ctx: StageContext) -> dict[str, Any]:
             "rejects": dict(Counter(r["reason"] for r in records if r["status"] == REJECTED)),
             "edit_kinds": dict(Counter(r.get("edit_kind", "other") for r in records
                                        if r["status"] == KEPT)),
+            "diversity": triplet_diversity(final),
+            "token_check": (f"{token_ref} tokenizer" if token_ref else
+                            "off: no render model; set captions.tokenizer"),
             "stats": stats}
 
 
-def _caption_record(item: Any, index: int, seen: set[str]) -> dict[str, Any]:
+def _caption_record(item: Any, index: int, seen: set[str],
+                    limit: TokenLimit | None = None) -> dict[str, Any]:
     record_id = f"{index:06d}"
     if isinstance(item, Reject):
         return {"id": record_id, "status": REJECTED, "reason": item.reason,
                 "detail": item.detail, **item.data}
     problem = check_triplet(item)
+    if problem is None and limit is not None:
+        problem = limit.problem(item)
     if problem is not None:
         data = item if isinstance(item, dict) else {"raw": repr(item)}
         return {**data, "id": record_id, "status": REJECTED, "reason": problem.reason,
@@ -224,7 +238,10 @@ def run_filters(ctx: StageContext) -> dict[str, Any]:
         pair["before_path"] = str(render_dir / pair["before"])
         pair["after_path"] = str(render_dir / pair["after"])
     rejects: Counter[str] = Counter()
+    stats: dict[str, Any] = {}
     survivors = pairs
+    # embeddings are keyed by image content + model, so they outlive `--fresh` filter re-runs
+    cache = ctx.run.path / "cache"
     for index, spec in enumerate(ctx.recipe.model.filters):
         plugin = ctx.recipe.plugins[f"filters.{index}"]
         folder = f"filters/{index}-{spec.use}"
@@ -240,18 +257,21 @@ def run_filters(ctx: StageContext) -> dict[str, Any]:
                 by_triplet[pair["triplet_id"]].append(pair)
             groups = list(by_triplet.values())
             chunk = max(1, int(getattr(flt.options, "triplets_per_batch", 16) or 16))
-            cache = ctx.run.stage_dir("filters") / "cache"
+            totals: Counter[str] = Counter()
             for start in range(0, len(groups), chunk):
                 batch = [p for g in groups[start:start + chunk] for p in g]
-                scored = {r["id"]: r for r in flt.score(FilterJob(pairs=batch, cache_dir=cache))}
+                job = FilterJob(pairs=batch, cache_dir=cache)
+                scored = {r["id"]: r for r in flt.score(job)}
+                _add_stats(totals, stats.setdefault(f"{index}-{spec.use}", {}), job.stats)
                 out = []
                 for pair in batch:
                     r = scored.get(pair["id"]) or {"scores": {}, "keep": False,
                                                    "reason": "filter returned no score"}
                     keep = bool(r.get("keep"))
+                    reason = None if keep else (r.get("reason") or spec.use)
                     out.append({"id": pair["id"], "status": KEPT if keep else REJECTED,
-                                "scores": r.get("scores", {}),
-                                "reason": None if keep else (r.get("reason") or spec.use)})
+                                "scores": r.get("scores", {}), "reason": reason,
+                                "criterion": None if keep else (r.get("criterion") or reason)})
                 store.append(out)
                 results.update({o["id"]: o for o in out})
                 bar.advance(len(batch))
@@ -259,16 +279,42 @@ def run_filters(ctx: StageContext) -> dict[str, Any]:
             res = results[pair["id"]]
             pair.setdefault("scores", {}).update(res["scores"])
             if res["status"] == REJECTED:
-                rejects[f"{spec.use}: {res['reason']}"] += 1
+                # counted by criterion (min_image, keep_top, ...), not by the reason's numbers
+                rejects[f"{spec.use}: {res.get('criterion') or res['reason']}"] += 1
         survivors = [p for p in survivors if results[p["id"]]["status"] == KEPT]
-    write_dataset(ctx.run, survivors)
-    return {"scored": len(pairs), "kept": len(survivors), "rejects": dict(rejects)}
+    write_dataset(ctx.run, survivors, held_out_fraction(ctx.recipe))
+    return {"scored": len(pairs), "kept": len(survivors), "rejects": dict(rejects),
+            "stats": stats}
 
 
-def write_dataset(run: RunFolder, pairs: list[dict[str, Any]]) -> Path:
+def _add_stats(totals: Counter[str], out: dict[str, Any], new: dict[str, Any]) -> None:
+    """Sum a filter's per-batch counters (cache hits, model calls); keep the rest as given."""
+    for key, value in new.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            totals[key] += value
+            out[key] = totals[key]
+        else:
+            out[key] = value
+
+
+def held_out_fraction(recipe: Recipe) -> float:
+    return recipe.model.evaluate.split if recipe.model.evaluate is not None else 0.0
+
+
+def split_of(triplet_id: str, fraction: float) -> str:
+    """"test" for a fixed pseudo-random `fraction` of triplet ids, else "train": a hash of the
+    id alone decides, so every sample of a triplet, and every re-run, falls the same way."""
+    import hashlib
+
+    bucket = int(hashlib.sha256(f"split:{triplet_id}".encode()).hexdigest()[:8], 16) / 2**32
+    return "test" if bucket < fraction else "train"
+
+
+def write_dataset(run: RunFolder, pairs: list[dict[str, Any]], fraction: float = 0.0) -> Path:
     """The kept pairs as a dataset: `metadata.jsonl` beside hard links to the images, with
     the columns diffusers' InstructPix2Pix training reads (input_image, edit_prompt,
-    edited_image) plus captions, seeds and scores."""
+    edited_image) plus captions, seeds, scores and `split` ("test" for the held-out
+    `fraction` of triplets, which trainers skip)."""
     import json
     import os
 
@@ -280,7 +326,8 @@ def write_dataset(run: RunFolder, pairs: list[dict[str, Any]]) -> Path:
     for pair in sorted(pairs, key=lambda p: p["id"]):
         row = {"id": pair["id"], "edit_prompt": pair["edit"], "input": pair["input"],
                "output": pair["output"], "seed": pair.get("settings", {}).get("seed"),
-               "scores": pair.get("scores", {})}
+               "scores": pair.get("scores", {}),
+               "split": split_of(pair.get("triplet_id", pair["id"]), fraction)}
         for role, column in (("before", "input_image"), ("after", "edited_image")):
             source = render_dir / pair[role]
             target = images / source.name
@@ -302,7 +349,8 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     dataset = ctx.run.path / "dataset"
     if ctx.recipe.model.render is not None:
         if ctx.recipe.model.filters == [] and not (dataset / "metadata.jsonl").exists():
-            write_dataset(ctx.run, kept_records(ctx.run, "render"))
+            write_dataset(ctx.run, kept_records(ctx.run, "render"),
+                          held_out_fraction(ctx.recipe))
         if not (dataset / "metadata.jsonl").exists():
             raise RunError("train: the run has no dataset yet",
                            "run the render and filters stages first")
@@ -313,11 +361,22 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     return {"result": result, "stats": job.stats}
 
 
+# --- evaluate ---------------------------------------------------------------------------
+
+
+def run_evaluate(ctx: StageContext) -> dict[str, Any]:
+    from .evaluate import evaluate_run
+
+    assert ctx.recipe.model.evaluate is not None
+    return evaluate_run(ctx.run, ctx.recipe, ctx.progress)
+
+
 DRIVERS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "captions": run_captions,
     "render": run_render,
     "filters": run_filters,
     "train": run_train,
+    "evaluate": run_evaluate,
 }
 
 

@@ -40,7 +40,7 @@ def test_unknown_plugin_suggests_close_name(tmp_path):
         load_recipe(path)
     assert info.value.problems == [
         ("captions.use", "unknown caption generator 'templat' (did you mean 'template'?); "
-                         "installed: shapes, template")]
+                         "installed: ollama, openai, shapes, template")]
 
 
 def test_misspelled_option_is_an_error_not_a_default(tmp_path):

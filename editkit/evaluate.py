@@ -1,0 +1,319 @@
+"""Measure edit models the way the papers do: CLIP_im, CLIP_dir, CLIP_out, DINO and L1.
+
+Every model edits the same rows with the same seed and settings, and the numbers are computed
+by the same code the filters use (`editkit.metrics`), so a table compares like with like:
+
+- CLIP_im   cos(E(input), E(edited))                               the image was kept
+- CLIP_dir  cos(E(edited) - E(input), T(output cap.) - T(input cap.)) it moved the right way
+- CLIP_out  cos(E(edited), T(output caption))                      it shows what was asked
+- DINO      cos(D(input), D(edited)), DINOv2 CLS features          the structure was kept
+- L1        mean |edited - input| in [0, 1] RGB; L1_target against the dataset's edited image
+
+The result records the exact settings (model ids and revisions, preprocessing, resolution,
+steps, guidance, image guidance, seed) so two runs are comparable. torch is imported inside.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, RunError
+from .evalsettings import EvalSettings
+from .runs import atomic_save_image, atomic_write_json, atomic_write_text, fingerprint
+
+METRICS = ("CLIP_im", "CLIP_dir", "CLIP_out", "DINO", "L1", "L1_target")
+SPLITS = ("test", "train", "all")
+
+
+# --- the rows ----------------------------------------------------------------------------
+
+
+def dataset_folder(path: str | Path) -> Path:
+    """The folder holding `metadata.jsonl`: a run folder's `dataset/`, or the folder itself."""
+    path = Path(path)
+    for folder in (path / "dataset", path):
+        if (folder / "metadata.jsonl").is_file():
+            return folder
+    raise InputError(f"{path} has no metadata.jsonl (nor dataset/metadata.jsonl)",
+                     "pass a run folder that has been through filters, or a folder with "
+                     "metadata.jsonl (columns input_image, edit_prompt)")
+
+
+def load_rows(path: str | Path, split: str = "test",
+              limit: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows to measure (by id) and a description of where they came from. A dataset
+    without a `split` column is used whole: it has no held-out part to choose."""
+    folder = dataset_folder(path)
+    rows = []
+    for number, line in enumerate((folder / "metadata.jsonl").read_text("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{folder / 'metadata.jsonl'} line {number}: not JSON ({exc.msg})",
+                             "fix or remove that line") from None
+        if not isinstance(row, dict) or not {"input_image", "edit_prompt"} <= set(row):
+            raise InputError(f"{folder / 'metadata.jsonl'} line {number}: needs input_image "
+                             f"and edit_prompt", "add the columns diffusers' "
+                             "InstructPix2Pix training reads")
+        row.setdefault("id", f"{number:06d}")
+        rows.append(row)
+    has_split = any("split" in r for r in rows)
+    if split != "all" and has_split:
+        rows = [r for r in rows if r.get("split") == split]
+    rows.sort(key=lambda r: str(r["id"]))
+    total = len(rows)
+    if limit is not None:
+        rows = rows[:limit]
+    source = {"dataset": str(folder.resolve()),
+              "metadata_sha256": fingerprint((folder / "metadata.jsonl").read_text("utf-8")),
+              "split": split if has_split else "all (no split column)",
+              "rows": len(rows), "rows_in_split": total}
+    for row in rows:
+        row["_folder"] = folder
+    return rows, source
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def evaluate_models(models: list[str], rows: list[dict[str, Any]], out_dir: str | Path,
+                    settings: EvalSettings, source: dict[str, Any] | None = None,
+                    progress: Any = None) -> dict[str, Any]:
+    """Edit every row with every model, save the edits under `out_dir/images/`, and return
+    the per-model means, per-row numbers and the settings that produced them."""
+    from .metrics import ClipEncoder, DinoEncoder, cosine, l1_distance, read_image
+
+    if not models:
+        raise InputError("no edit model to evaluate", "pass --model (repeatable)")
+    out_dir = Path(out_dir)
+    seed = settings.seed if settings.seed is not None else 0
+    size = (settings.resolution, settings.resolution)
+    inputs, targets, kept, skipped, resized = [], [], [], [], 0
+    for row in rows:
+        try:
+            image, _ = read_image(row["_folder"] / row["input_image"])
+            target = (read_image(row["_folder"] / row["edited_image"])[0]
+                      if row.get("edited_image") else None)
+        except InputError as exc:
+            skipped.append({"id": row["id"], "reason": exc.message})
+            continue
+        if image.size != size:
+            resized += 1
+            image = image.resize(size, _lanczos())
+        inputs.append(image)
+        targets.append(target)
+        kept.append(row)
+    if not kept:
+        raise InputError("no readable rows to evaluate",
+                         "; ".join(s["reason"] for s in skipped[:3]) or "the split is empty")
+    clip = ClipEncoder(settings.clip_model, device=settings.device)
+    dino = DinoEncoder(settings.dino_model, device=settings.device)
+    clip_in = clip.encode_images(inputs)
+    dino_in = dino.encode_images(inputs)
+    captions = [t for r in kept for t in (r.get("input"), r.get("output")) if t]
+    texts = clip.embed_texts(captions)
+    results = []
+    labels = _labels(models)
+    bar = progress.add("evaluate", total=len(kept) * len(models)) if progress else None
+    for ref, label in zip(models, labels):
+        edited, described = _edit_all(ref, kept, inputs, settings, seed, bar)
+        folder = out_dir / "images" / _slug(label)
+        for row, image in zip(kept, edited):
+            atomic_save_image(image, folder / f"{_slug(str(row['id']))}.png")
+        clip_out = clip.encode_images(edited)
+        dino_out = dino.encode_images(edited)
+        per_row = []
+        for i, row in enumerate(kept):
+            numbers: dict[str, Any] = {
+                "CLIP_im": cosine(clip_in[i], clip_out[i]),
+                "DINO": cosine(dino_in[i], dino_out[i]),
+                "L1": l1_distance(inputs[i], edited[i]),
+                "L1_target": l1_distance(edited[i], targets[i]) if targets[i] else None,
+                "CLIP_out": None, "CLIP_dir": None,
+            }
+            if row.get("output"):
+                t_out = texts[row["output"]]
+                numbers["CLIP_out"] = cosine(clip_out[i], t_out)
+                if row.get("input"):
+                    numbers["CLIP_dir"] = _direction(clip_in[i], clip_out[i],
+                                                     texts[row["input"]], t_out)
+            per_row.append({"id": row["id"], "edit_prompt": row["edit_prompt"],
+                            "image": str((folder / f"{_slug(str(row['id']))}.png")
+                                         .relative_to(out_dir)), **numbers})
+        results.append({"label": label, "model": described,
+                        "metrics": _means(per_row), "rows": per_row})
+    return {
+        "metrics": list(METRICS),
+        "settings": {**settings.model_dump(mode="json"), "seed": seed,
+                     "preprocessing": f"RGB, resized to {size[0]}x{size[1]} (Lanczos) when "
+                                      f"not that size ({resized} of {len(kept)} were); "
+                                      f"CLIP and DINOv2 use their own processors",
+                     "clip": clip.describe(), "dino": dino.describe(),
+                     "texts_truncated": clip.stats.texts_truncated,
+                     **({"source": source} if source else {})},
+        "models": results,
+        "skipped": skipped,
+    }
+
+
+def _edit_all(ref: str, rows: list[dict[str, Any]], inputs: list[Any], settings: EvalSettings,
+              seed: int, bar: Any) -> tuple[list[Any], dict[str, Any]]:
+    """One model's edits, `batch_size` rows per call; each row gets its own generator seeded
+    with `seed`, so an edit does not depend on the batch it fell in."""
+    import gc
+
+    import torch
+
+    from .editmodel import load_edit_pipeline
+
+    pipe, spec = load_edit_pipeline(ref, device=settings.device)
+    described = {**spec.describe(), "scheduler": type(pipe.scheduler).__name__,
+                 "dtype": str(pipe.unet.dtype).replace("torch.", "")}
+    edited: list[Any] = []
+    try:
+        for start in range(0, len(rows), settings.batch_size):
+            chunk = rows[start:start + settings.batch_size]
+            images = inputs[start:start + settings.batch_size]
+            out = pipe(prompt=[r["edit_prompt"] for r in chunk], image=images,
+                       num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                       image_guidance_scale=settings.image_guidance,
+                       generator=[torch.Generator("cpu").manual_seed(seed) for _ in chunk],
+                       output_type="pil")
+            edited += [im.convert("RGB") for im in out.images]
+            if bar is not None:
+                bar.advance(len(chunk))
+    finally:
+        del pipe
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return edited, described
+
+
+def _direction(before: Any, after: Any, text_before: Any, text_after: Any) -> float:
+    from .metrics import clip_pair_scores
+
+    return clip_pair_scores(before, after, text_before, text_after)["clip_direction"]
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": len(rows)}
+    for name in METRICS:
+        values = [r[name] for r in rows if r[name] is not None]
+        out[name] = sum(values) / len(values) if values else None
+    return out
+
+
+def _labels(models: list[str]) -> list[str]:
+    """The table's row names: the reference as given, numbered if given twice."""
+    return [ref if models.count(ref) == 1 else f"{ref} #{models[:i + 1].count(ref)}"
+            for i, ref in enumerate(models)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "model"
+
+
+def _lanczos() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.LANCZOS
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """One row per model, one column per metric (arrows say which way is better)."""
+    arrows = {"CLIP_im": "↑", "CLIP_dir": "↑", "CLIP_out": "↑", "DINO": "↑", "L1": "↓",
+              "L1_target": "↓"}
+    head = ["model", "rows"] + [f"{m} {arrows[m]}" for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in result["models"]:
+        m = model["metrics"]
+        cells = [model["label"], str(m["rows"])] + [
+            "–" if m[name] is None else f"{m[name]:.4f}" for name in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    s = result["settings"]
+    lines += ["", f"steps {s['steps']}, guidance {s['guidance']}, image guidance "
+                  f"{s['image_guidance']}, resolution {s['resolution']}, seed {s['seed']}; "
+                  f"CLIP {s['clip']['ref']}, DINO {s['dino']['ref']}."]
+    if result.get("skipped"):
+        lines.append(f"{len(result['skipped'])} rows skipped (unreadable images).")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | Path, result: dict[str, Any]) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "metrics.json", result)
+    atomic_write_text(out_dir / "metrics.md", markdown_table(result))
+    return out_dir / "metrics.json", out_dir / "metrics.md"
+
+
+# --- the recipe's evaluate stage ------------------------------------------------------------
+
+
+def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
+    """Base edit model against the trained one (`train/final/`) on the held-out rows; done
+    again only when the settings, the dataset or the trained weights changed."""
+    spec = recipe.model.evaluate
+    rows, source = load_rows(run.path, "test", spec.limit)
+    if not rows:
+        raise RunError("evaluate: the dataset has no held-out (split: test) rows",
+                       f"raise evaluate.split (now {spec.split}) or make more triplets")
+    models = [spec.base or _train_base(recipe) or "timbrooks/instruct-pix2pix"]
+    final = run.path / "train" / "final"
+    note = None
+    if (final / "editkit_weights.json").is_file():
+        models.append(str(run.path))
+    elif recipe.model.train is not None:
+        note = "train/final/editkit_weights.json not found: only the base model was measured"
+    models += list(spec.models)
+    settings = EvalSettings(**{k: getattr(spec, k) for k in EvalSettings.model_fields})
+    if settings.seed is None:
+        settings.seed = recipe.model.seed
+    key = fingerprint({"settings": settings.model_dump(mode="json"), "models": models,
+                       "source": source, "weights": _weights_state(final)})
+    out_dir = run.stage_dir("evaluate")
+    existing = out_dir / "metrics.json"
+    if existing.is_file():
+        previous = json.loads(existing.read_text())
+        if previous.get("key") == key:
+            return _stage_summary(previous)
+    result = evaluate_models(models, rows, out_dir, settings, source, progress)
+    result["key"] = key
+    if note:
+        result["note"] = note
+    write_results(out_dir, result)
+    from .report import write_report
+
+    write_report(run.path)  # the table with the pictures, as `editkit report RUN` writes it
+    return _stage_summary(result)
+
+
+def _train_base(recipe: Any) -> str | None:
+    plugin = recipe.plugins.get("train")
+    base = getattr(plugin.options, "base", None) if plugin is not None else None
+    return base if isinstance(base, str) else None
+
+
+def _weights_state(final: Path) -> list[tuple[str, int, int]]:
+    if not final.is_dir():
+        return []
+    return sorted((str(p.relative_to(final)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in final.rglob("*") if p.is_file())
+
+
+def _stage_summary(result: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"rows": result["models"][0]["metrics"]["rows"],
+                               "models": {m["label"]: {k: v for k, v in m["metrics"].items()
+                                                       if k != "rows"}
+                                          for m in result["models"]}}
+    if result.get("note"):
+        summary["note"] = result["note"]
+    return summary

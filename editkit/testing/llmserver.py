@@ -1,0 +1,210 @@
+"""A local HTTP server that speaks the OpenAI and Ollama protocols, with scripted faults.
+
+Tests and benchmarks point the real `openai` and `ollama` clients at it. Each request takes
+the next entry of `faults` (thread-safe; "ok" when the script is empty), so a test says
+exactly what the server does: "429" (with Retry-After), "500", "quota", "401", "404",
+"malformed", "truncated", "refusal", "slow", "nochoices" (a 200 without choices);
+"tags-500" is for Ollama's model listing. Good replies hold unique, valid triplets (the
+running request number is in every caption), so losing or repeating one is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+OLLAMA_MODELS = ["llama3.2:latest", "qwen2.5:7b"]
+
+
+class LLMServer:
+    """`with LLMServer(delay=0.2) as server:` then use `server.url` (OpenAI: `url + "/v1"`)."""
+
+    def __init__(self, delay: float = 0.0, faults: list[str] | None = None,
+                 retry_after: str = "0.05", slow: float = 2.0):
+        self.delay = delay
+        self.faults = list(faults or [])
+        self.retry_after = retry_after
+        self.slow = slow
+        self.lock = threading.Lock()
+        self.log: list[dict[str, Any]] = []  # one entry per request: path, fault, body
+        self.triplets = 0
+        self.flagged: set[int] = set()  # triplet numbers the moderation endpoint flags
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "LLMServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def next_fault(self, path: str, body: Any) -> str:
+        with self.lock:
+            fault = self.faults.pop(0) if self.faults else "ok"
+            self.log.append({"path": path, "fault": fault, "body": body,
+                             "t": time.monotonic()})
+            return fault
+
+    def make_triplets(self, n: int) -> list[dict[str, Any]]:
+        with self.lock:
+            start, self.triplets = self.triplets, self.triplets + n
+        return [{"input": f"a quiet street number {k} with a wooden bench",
+                 "edit": "add a red bicycle next to the bench",
+                 "output": f"a quiet street number {k} with a wooden bench and a red bicycle",
+                 "edit_kind": "add", "words": ["red", "bicycle"], "region": "foreground"}
+                for k in range(start, start + n)]
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [e for e in self.log if e["path"] in ("/v1/chat/completions", "/api/chat")]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms stall
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def send_json(self, status: int, data: Any, headers: dict[str, str] | None = None
+                          ) -> None:
+                raw = (data if isinstance(data, str) else json.dumps(data)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_GET(self) -> None:
+                if self.path == "/api/tags":
+                    with server.lock:  # only "tags-*" faults are meant for the listing
+                        fault = server.faults.pop(0) if server.faults and \
+                            server.faults[0].startswith("tags-") else "ok"
+                        server.log.append({"path": self.path, "fault": fault, "body": None,
+                                           "t": time.monotonic()})
+                    if fault == "tags-500":
+                        return self.send_json(500, {"error": "internal error"})
+                    return self.send_json(200, {"models": [
+                        {"name": m, "model": m, "modified_at": "2026-01-01T00:00:00Z",
+                         "size": 1000, "digest": "0" * 64, "details": {"format": "gguf"}}
+                        for m in OLLAMA_MODELS]})
+                self.send_json(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.concurrent += 1
+                    server.max_concurrent = max(server.max_concurrent, server.concurrent)
+                try:
+                    if self.path == "/v1/chat/completions":
+                        self.openai_chat(body)
+                    elif self.path == "/v1/moderations":
+                        self.openai_moderations(body)
+                    elif self.path == "/api/chat":
+                        self.ollama_chat(body)
+                    else:
+                        self.send_json(404, {"error": "not found"})
+                finally:
+                    with server.lock:
+                        server.concurrent -= 1
+
+            def wanted(self, messages: list[dict[str, Any]]) -> int:
+                match = re.search(r"Write (\d+) new", messages[-1]["content"])
+                return int(match.group(1)) if match else 1
+
+            def openai_error(self, status: int, code: str, message: str,
+                             headers: dict[str, str] | None = None) -> None:
+                self.send_json(status, {"error": {"message": message, "type": code,
+                                                  "param": None, "code": code}}, headers)
+
+            def openai_chat(self, body: dict[str, Any]) -> None:
+                fault = server.next_fault(self.path, body)
+                time.sleep(server.slow if fault == "slow" else server.delay)
+                if fault == "429":
+                    return self.openai_error(429, "rate_limit_exceeded", "Rate limit reached",
+                                             {"Retry-After": server.retry_after})
+                if fault == "quota":
+                    return self.openai_error(429, "insufficient_quota", "You exceeded your "
+                                             "current quota, please check your plan")
+                if fault == "500":
+                    return self.openai_error(500, "server_error", "The server had an error")
+                if fault == "401":
+                    return self.openai_error(401, "invalid_api_key", "Incorrect API key")
+                if fault == "404":
+                    return self.openai_error(404, "model_not_found", f"The model "
+                                             f"'{body.get('model')}' does not exist")
+                if fault == "nochoices":
+                    return self.send_json(200, {"id": "x", "object": "chat.completion"})
+                content: str | None = json.dumps(
+                    {"triplets": server.make_triplets(self.wanted(body["messages"]))})
+                finish, refusal = "stop", None
+                if fault == "malformed":
+                    content = '{"triplets": [{"input": "a street", "edit": '
+                elif fault == "truncated":
+                    content, finish = content[: len(content) // 2], "length"
+                elif fault == "refusal":
+                    content, refusal = None, "I'm sorry, I can't help with that."
+                self.send_json(200, {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
+                                 "message": {"role": "assistant", "content": content,
+                                             "refusal": refusal}}],
+                    "usage": {"prompt_tokens": 500, "completion_tokens": 300,
+                              "total_tokens": 800}})
+
+            def openai_moderations(self, body: dict[str, Any]) -> None:
+                server.next_fault(self.path, body)
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                results = []
+                for text in texts:
+                    flagged = any(f"number {k} " in text for k in server.flagged)
+                    results.append({"flagged": flagged,
+                                    "categories": {"violence": flagged, "sexual": False},
+                                    "category_scores": {"violence": 0.9 if flagged else 0.0,
+                                                        "sexual": 0.0}})
+                self.send_json(200, {"id": "modr-test", "model": body.get("model"),
+                                     "results": results})
+
+            def ollama_chat(self, body: dict[str, Any]) -> None:
+                fault = server.next_fault(self.path, body)
+                time.sleep(server.slow if fault == "slow" else server.delay)
+                if body.get("model") not in OLLAMA_MODELS and \
+                        f"{body.get('model')}:latest" not in OLLAMA_MODELS or fault == "404":
+                    return self.send_json(404, {"error": f"model \"{body.get('model')}\" not "
+                                                "found, try pulling it first"})
+                if fault == "500":
+                    return self.send_json(500, {"error": "llama runner process has terminated"})
+                if fault == "429":
+                    return self.send_json(503, {"error": "server busy, please try again"})
+                content = json.dumps({"triplets": server.make_triplets(
+                    self.wanted(body["messages"]))})
+                done_reason = "stop"
+                if fault == "malformed":
+                    content = "{\"triplets\": [ oops"
+                elif fault == "truncated":
+                    content, done_reason = content[: len(content) // 2], "length"
+                self.send_json(200, {
+                    "model": body.get("model"), "created_at": "2026-01-01T00:00:00Z",
+                    "message": {"role": "assistant", "content": content}, "done": True,
+                    "done_reason": done_reason, "prompt_eval_count": 400, "eval_count": 250,
+                    "options_seen": body.get("options")})
+
+        return Handler
