@@ -131,6 +131,8 @@ def make_pair_dataset(folder: str | Path, count: int = 4, size: tuple[int, int] 
     """A dataset folder as the filters stage writes it for trainers: `count` before/after
     pairs (a square the instruction recolours) and metadata.jsonl; the last `held_out` rows
     are split "test"."""
+    import json
+
     from PIL import Image, ImageDraw
 
     folder = Path(folder)

@@ -26,6 +26,7 @@ class Row:
     input_image: Path
     edited_image: Path | None  # None for single-image data (DreamBooth)
     caption: str = ""  # the input caption, when the dataset has one
+    output: str = ""  # the output caption, when the dataset has one
     size: tuple[int, int] = (0, 0)  # (width, height) of the input image
 
 
@@ -56,7 +57,7 @@ def read_pair_rows(folder: Path) -> tuple[list[Row], list[Row], list[str]]:
         row = Row(id=str(data.get("id", n)), prompt=str(data["edit_prompt"]),
                   input_image=Path(folder) / data["input_image"],
                   edited_image=Path(folder) / data["edited_image"],
-                  caption=str(data.get("input", "")))
+                  caption=str(data.get("input", "")), output=str(data.get("output", "")))
         try:
             with Image.open(row.input_image) as a, Image.open(row.edited_image) as b:
                 row.size = a.size

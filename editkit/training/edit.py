@@ -44,6 +44,9 @@ class EditOptions(TrainOptions):
         description="fraction of examples given an instruction naming something absent from "
                     "the input caption, with the input as target (teaches leaving such images "
                     "alone; too much teaches never editing). Default off")
+    validation_clip: str | None = Field(
+        None, description="CLIP model (like openai/clip-vit-large-patch14) for CLIP_im, "
+                          "CLIP_dir and CLIP_out of the sample edits; default: L1 only")
     guidance_scale: float = Field(7.5, description="validation text guidance")
     image_guidance_scale: float = Field(1.5, description="validation image guidance")
 
@@ -291,7 +294,9 @@ class EditTask:
         unet.eval()
         out_dir = Path(folder) / f"step-{step:08d}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        l1 = []
+        from editkit.metrics import l1_distance
+
+        l1, triples = [], []
         for n, row in enumerate(rows):
             with Image.open(row.input_image) as a, Image.open(row.edited_image) as b:
                 before, after = paired_crop([a, b], self.square, None, False)
@@ -307,15 +312,39 @@ class EditTask:
                 sheet.paste(im, (k * after.width, 0))
             sheet.save(out_dir / f"{row.id}.png")
             self.tracker.image(f"samples/{row.id}", sheet, step)
-            l1.append(float(np.abs(np.asarray(image, np.float32)
-                                   - np.asarray(after, np.float32)).mean() / 255))
+            l1.append(l1_distance(after, image))
+            triples.append((row, before, image))
         if was_training:
             unet.train()
-        metrics = {"l1": round(float(np.mean(l1)), 6), "images": len(rows),
-                   "held_out": bool(self.held_out)}
+        metrics: dict[str, Any] = {"l1": round(float(np.mean(l1)), 6), "images": len(rows),
+                                   "held_out": bool(self.held_out)}
+        if self.options.validation_clip:
+            metrics.update(self._clip_metrics(triples))
         self.tracker.metrics(metrics, step)
         (out_dir / "prompts.txt").write_text("".join(f"{r.id}\t{r.prompt}\n" for r in rows))
         return metrics
+
+    def _clip_metrics(self, triples: list[tuple[Row, Any, Any]]) -> dict[str, float]:
+        """InstructPix2Pix's CLIP_im, CLIP_dir, CLIP_out (editkit.metrics) of the edits, for
+        rows whose input and output captions are known."""
+        import numpy as np
+
+        from editkit.metrics import ClipEncoder, clip_pair_scores
+
+        usable = [t for t in triples if t[0].caption and t[0].output]
+        if not usable:
+            return {}
+        if not hasattr(self, "_clip"):
+            self._clip = ClipEncoder(self.options.validation_clip)
+        images = self._clip.encode_images([im for _, before, edited in usable
+                                           for im in (before, edited)])
+        texts = self._clip.embed_texts([c for row, _, _ in usable
+                                        for c in (row.caption, row.output)])
+        scores = [clip_pair_scores(images[2 * k], images[2 * k + 1], texts[row.caption],
+                                   texts[row.output]) for k, (row, _, _) in enumerate(usable)]
+        return {"clip_im": round(float(np.mean([s["clip_image"] for s in scores])), 6),
+                "clip_dir": round(float(np.mean([s["clip_direction"] for s in scores])), 6),
+                "clip_out": round(float(np.mean([s["clip_text_after"] for s in scores])), 6)}
 
     def log_scalar(self, name: str, value: float, step: int) -> None:
         self.tracker.scalar(name, value, step)

@@ -45,7 +45,7 @@ def test_lora_export_loads_into_instruct_pix2pix_pipeline_and_changes_output(pai
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=6,
-                        checkpoint_every=6)
+                        checkpoint_every=6, validation_clip="tiny-clip")
     final = tmp_path / "train" / "final"
     meta = json.loads((final / "editkit_weights.json").read_text())
     assert meta == {"type": "lora", "base": "tiny-ip2p",
@@ -59,7 +59,10 @@ def test_lora_export_loads_into_instruct_pix2pix_pipeline_and_changes_output(pai
     assert np.abs(after - before).mean() > 1e-3
     # the samples for the report were written
     assert list((tmp_path / "train" / "samples").glob("step-*/*.png"))
-    assert (tmp_path / "train" / "samples" / "metrics.jsonl").exists()
+    metrics = json.loads((tmp_path / "train" / "samples" / "metrics.jsonl").read_text())
+    assert metrics["step"] == 6 and 0 <= metrics["l1"] <= 1
+    assert {"clip_im", "clip_dir", "clip_out"} <= set(metrics)  # editkit.metrics, as eval
+    assert result["validation"]["clip_dir"] == metrics["clip_dir"]
 
 
 def test_adamw8bit_runs_on_cpu_from_plain_sd_and_trains_conv_in(pairs, tmp_path):
