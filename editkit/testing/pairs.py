@@ -1,4 +1,5 @@
-"""Synthetic (before, after) pairs and run folders for filter, report and benchmark tests.
+"""Synthetic (before, after) pairs, datasets and run folders for filter, trainer, report and
+benchmark tests.
 
 The images look like renders rather than noise (a smooth gradient scene with a few shapes, one
 of which the edit recolours), so thumbnails and compression behave as they do on real runs.
@@ -118,4 +119,39 @@ def synthetic_run(folder: str | Path, triplets: int, samples: int = 2, size: int
         "stages": {"render": {"pairs": len(scored), "rejected": len(render) - len(scored)},
                    "filters": {"scored": len(scored), "kept": kept,
                                "rejects": {"clip: min_image": len(scored) - kept}}}})
+    return folder
+
+
+SQUARES = [((200, 30, 30), (30, 30, 200), "blue"), ((30, 160, 30), (220, 220, 40), "yellow"),
+           ((240, 240, 240), (20, 20, 20), "black"), ((120, 60, 20), (240, 120, 200), "pink")]
+
+
+def make_pair_dataset(folder: str | Path, count: int = 4, size: tuple[int, int] = (32, 32),
+                      held_out: int = 0) -> Path:
+    """A dataset folder as the filters stage writes it for trainers: `count` before/after
+    pairs (a square the instruction recolours) and metadata.jsonl; the last `held_out` rows
+    are split "test"."""
+    import json
+
+    from PIL import Image, ImageDraw
+
+    folder = Path(folder)
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    w, h = size
+    for i in range(count):
+        old, new, word = SQUARES[i % len(SQUARES)]
+        for role, colour in (("before", old), ("after", new)):
+            image = Image.new("RGB", size, (90, 110, 130))
+            ImageDraw.Draw(image).rectangle((w // 4, h // 4, 3 * w // 4, 3 * h // 4),
+                                            fill=colour)
+            image.save(images / f"{i:03d}-{role}.png")
+        rows.append({"id": f"{i:06d}-0", "input_image": f"images/{i:03d}-before.png",
+                     "edited_image": f"images/{i:03d}-after.png",
+                     "edit_prompt": f"make the square {word}",
+                     "input": "a photo of a square", "output": f"a photo of a {word} square",
+                     "seed": i, "scores": {},
+                     "split": "test" if i >= count - held_out else "train"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder

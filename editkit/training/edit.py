@@ -1,0 +1,398 @@
+"""The InstructPix2Pix task: edited-image latents are denoised given the instruction and the
+input image's latents concatenated as 4 extra UNet channels. Full fine-tune or LoRA.
+
+Conditioning dropout follows InstructPix2Pix: per example, the text alone, both, or the image
+alone is dropped (default 5% each), which is what makes classifier-free guidance on text and
+image possible at inference.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field, model_validator
+
+from .data import BatchPlan, Row, make_buckets, paired_crop, read_pair_rows
+from .loop import seed_for
+from .memory import ModelSize, model_size
+from .options import TrainOptions
+from .tracker import Tracker
+from .unet import Components, conv_in_state, load_components
+
+# Words that say what to do, not what to do it to: skipped when looking for the edit's object.
+_VERBS = set("""a an the of and with in on at to for from into it them this that there make
+turn paint add remove replace change swap put take away get rid give let have be is are was
+were more less some any its their into onto""".split())
+_ADDING = {"add", "put", "insert", "place", "draw", "include"}
+
+
+class EditOptions(TrainOptions):
+    dataset: str | None = Field(None, description="a folder with metadata.jsonl (columns "
+                                "input_image, edit_prompt, edited_image); default: the run's "
+                                "kept pairs")
+    buckets: bool = Field(True, description="aspect-ratio buckets instead of square crops")
+    cache_latents: bool = Field(False, description="encode each image once (crops are then "
+                                "centred and flips off: the latents are fixed)")
+    text_dropout: float = Field(0.05, ge=0, le=1)
+    image_dropout: float = Field(0.05, ge=0, le=1)
+    both_dropout: float = Field(0.05, ge=0, le=1)
+    no_change_fraction: float = Field(
+        0.0, ge=0, le=0.5,
+        description="fraction of examples given an instruction naming something absent from "
+                    "the input caption, with the input as target (teaches leaving such images "
+                    "alone; too much teaches never editing). Default off")
+    validation_clip: str | None = Field(
+        None, description="CLIP model (like openai/clip-vit-large-patch14) for CLIP_im, "
+                          "CLIP_dir and CLIP_out of the sample edits; default: L1 only")
+    guidance_scale: float = Field(7.5, description="validation text guidance")
+    image_guidance_scale: float = Field(1.5, description="validation image guidance")
+
+    @model_validator(mode="after")
+    def _dropout_sum(self) -> "EditOptions":
+        if self.text_dropout + self.image_dropout + self.both_dropout > 1:
+            raise ValueError("text_dropout + image_dropout + both_dropout must be at most 1")
+        return self
+
+
+def edit_object_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _VERBS and len(w) > 2}
+
+
+class EditTask:
+    """Loads the model, makes batches from pairs, computes the InstructPix2Pix loss."""
+
+    def __init__(self, options: EditOptions, dataset_dir: Path, output_dir: Path, seed: int,
+                 lora: Any = None):
+        self.options = options
+        self.dataset_dir = Path(options.dataset) if options.dataset else Path(dataset_dir)
+        self.output_dir = Path(output_dir)
+        self.seed = seed
+        self.lora = lora  # None for a full fine-tune; else an object with rank/alpha/...
+        self.parts: Components | None = None
+        self._latents: dict[tuple[str, str, tuple[int, int]], Any] = {}
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def setup(self, accelerator: Any, weight_dtype: Any, log: Callable[[str], None]) -> None:
+        import torch
+
+        device, world = accelerator.device, accelerator.num_processes
+        self.log, self.device, self.weight_dtype = log, device, weight_dtype
+        self.tracker = Tracker(self.output_dir, log)
+        self.rows, self.held_out, problems = read_pair_rows(self.dataset_dir)
+        log(f"{len(self.rows)} training pairs, {len(self.held_out)} held out "
+            f"from {self.dataset_dir}")
+        for problem in problems[:5]:
+            log(f"skipped: {problem}")
+        if len(problems) > 5:
+            log(f"skipped {len(problems) - 5} more rows")
+        parts = load_components(self.options.base, edit=True)
+        self.parts = parts
+        if parts.widened:
+            log(f"{self.options.base} is a 4-channel model: conv_in widened to 8 channels, "
+                "the image channels start at zero and are trained")
+        unet = parts.unet
+        for frozen in (parts.vae, parts.text_encoder):
+            frozen.requires_grad_(False).to(device)
+            if weight_dtype != torch.float32:
+                frozen.to(dtype=weight_dtype)
+        if self.lora is None:
+            unet.requires_grad_(True)
+            unet.to(device)
+        else:
+            from peft import LoraConfig
+
+            unet.requires_grad_(False)
+            unet.add_adapter(LoraConfig(
+                r=self.lora.rank, lora_alpha=self.lora.alpha or self.lora.rank,
+                lora_dropout=self.lora.lora_dropout, init_lora_weights="gaussian",
+                target_modules=list(self.lora.target_modules)))
+            self.train_conv_in = (parts.widened if self.lora.train_conv_in is None
+                                  else self.lora.train_conv_in)
+            unet.conv_in.requires_grad_(self.train_conv_in)
+            unet.to(device)
+            if weight_dtype != torch.float32:
+                unet.to(dtype=weight_dtype)
+            for param in unet.parameters():  # trained weights stay fp32 under mixed precision
+                if param.requires_grad:
+                    param.data = param.data.float()
+        if self.options.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.multiple = scale * 8 if self.options.resolution >= 128 else scale * 4
+        self.square = (self.options.resolution // self.multiple * self.multiple,) * 2
+        buckets = make_buckets(self.options.resolution, self.multiple) \
+            if self.options.buckets else None
+        self.plan = BatchPlan(self.rows, buckets, self.options.batch_size * world, self.seed)
+        self.null_embedding = self._encode([""])
+        too_long = sum(len(parts.tokenizer(r.prompt).input_ids) > parts.tokenizer.model_max_length
+                       for r in self.rows)
+        if too_long:
+            log(f"{too_long} instructions are longer than CLIP's "
+                f"{parts.tokenizer.model_max_length} tokens and are cut there")
+        if self.options.cache_latents:
+            log("cache_latents: crops are centred and flips are off (the latents are fixed)")
+        if self.options.no_change_fraction:
+            usable = sum(bool(r.caption) for r in self.rows)
+            log(f"no-change augmentation on {self.options.no_change_fraction:.0%} of examples "
+                f"({usable} of {len(self.rows)} pairs have an input caption to check against)")
+        torch.manual_seed(self.seed)
+
+    def model(self) -> Any:
+        return self.parts.unet
+
+    def trainable(self) -> list[tuple[str, Any]]:
+        return [(n, p) for n, p in self.parts.unet.named_parameters() if p.requires_grad]
+
+    def size(self) -> ModelSize:
+        return model_size(self.parts.unet, [self.parts.vae, self.parts.text_encoder],
+                          lora=self.lora is not None)
+
+    def batches(self) -> BatchPlan:
+        return self.plan
+
+    # --- one batch ------------------------------------------------------------------------
+
+    def _encode(self, prompts: list[str]) -> Any:
+        import torch
+
+        tok = self.parts.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids.to(self.device)
+        with torch.no_grad():
+            return self.parts.text_encoder(ids)[0]
+
+    def _example(self, index: int, rng: random.Random) -> tuple[str, list[Any], tuple[int, int]]:
+        """(instruction, [before, after] images, bucket) for one row, augmented."""
+        from PIL import Image
+
+        row = self.rows[index]
+        bucket = self.plan.bucket(index, self.square)
+        prompt, target = row.prompt, row.edited_image
+        if self.options.no_change_fraction and rng.random() < self.options.no_change_fraction:
+            absent = self._absent_instruction(row, rng)
+            if absent is not None:
+                prompt, target = absent, row.input_image
+        if self.options.cache_latents:
+            return prompt, [row.input_image, target], bucket
+        with Image.open(row.input_image) as a, Image.open(target) as b:
+            images = paired_crop([a, b], bucket, rng, self.options.random_flip)
+        return prompt, images, bucket
+
+    def _absent_instruction(self, row: Row, rng: random.Random) -> str | None:
+        if not row.caption:
+            return None
+        present = edit_object_words(row.caption) | edit_object_words(row.prompt)
+        # "add a tree" to a picture without one is a real edit, not one to refuse
+        options = [r.prompt for r in self.rows
+                   if edit_object_words(r.prompt) and not edit_object_words(r.prompt) & present
+                   and r.prompt.lower().split()[0] not in _ADDING]
+        return rng.choice(options) if options else None
+
+    def _latents_for(self, images: list[Any], bucket: tuple[int, int], generator: Any,
+                     cached: bool) -> tuple[Any, Any]:
+        """(target latents, sampled and scaled; input-image latents, the distribution mode)."""
+        import torch
+
+        vae = self.parts.vae
+        if cached:
+            dists = [self._cached_dist(path, bucket) for path in images]
+        else:
+            pixels = torch.stack([_to_tensor(im) for im in images]).to(self.device,
+                                                                       self.weight_dtype)
+            with torch.no_grad():
+                dist = vae.encode(pixels).latent_dist
+            dists = [dist.parameters[i:i + 1] for i in range(len(images))]
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        before = DiagonalGaussianDistribution(dists[0]).mode()
+        after = DiagonalGaussianDistribution(dists[1])
+        noise = torch.randn(after.mean.shape, generator=generator).to(after.mean)
+        target = (after.mean + after.std * noise) * vae.config.scaling_factor
+        return target, before
+
+    def _cached_dist(self, path: Path, bucket: tuple[int, int]) -> Any:
+        import torch
+        from PIL import Image
+
+        key = (str(path), "dist", bucket)
+        if key not in self._latents:
+            with Image.open(path) as image:
+                (cropped,) = paired_crop([image], bucket, None, False)
+            pixels = _to_tensor(cropped)[None].to(self.device, self.weight_dtype)
+            with torch.no_grad():
+                self._latents[key] = self.parts.vae.encode(pixels).latent_dist.parameters
+        return self._latents[key]
+
+    def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        rng = random.Random(seed_for(self.seed, micro, rank, 1))
+        generator = torch.Generator().manual_seed(seed_for(self.seed, micro, rank, 2))
+        prompts, targets, befores = [], [], []
+        for index in rows:
+            prompt, images, bucket = self._example(index, rng)
+            target, before = self._latents_for(images, bucket, generator,
+                                               self.options.cache_latents)
+            prompts.append(prompt)
+            targets.append(target)
+            befores.append(before)
+        latents, image_latents = torch.cat(targets), torch.cat(befores)
+        batch = latents.shape[0]
+        scheduler = self.parts.noise_scheduler
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,),
+                                  generator=generator).to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        text = self._encode(prompts)
+        u = torch.rand(batch, generator=generator).to(self.device)
+        o = self.options
+        drop_text = u < o.text_dropout + o.both_dropout
+        drop_image = (u >= o.text_dropout) & (u < o.text_dropout + o.both_dropout
+                                              + o.image_dropout)
+        text = torch.where(drop_text[:, None, None], self.null_embedding.to(text), text)
+        image_latents = image_latents * (~drop_image).to(image_latents)[:, None, None, None]
+        if scheduler.config.prediction_type == "v_prediction":
+            goal = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            goal = noise
+        model_input = torch.cat([noisy, image_latents], dim=1)
+        unet_dtype = next(p for p in self.parts.unet.parameters()).dtype
+        pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
+        return F.mse_loss(pred.float(), goal.float())
+
+    # --- validation and export --------------------------------------------------------------
+
+    def pipeline(self) -> Any:
+        from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+
+        scheduler = DDIMScheduler.from_config(self.parts.noise_scheduler.config)
+        return StableDiffusionInstructPix2PixPipeline(
+            vae=self.parts.vae, text_encoder=self.parts.text_encoder,
+            tokenizer=self.parts.tokenizer, unet=self.parts.unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    def validate(self, folder: Path, step: int, autocast: Any) -> dict[str, float]:
+        """Edit held-out inputs (or training ones when none are held out); save the results
+        and the L1 distance to the target."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        count = self.options.validation_images
+        rows = (self.held_out or self.rows)[:count]
+        if not rows:
+            return {}
+        pipe = self.pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        unet = self.parts.unet
+        was_training = unet.training
+        unet.eval()
+        out_dir = Path(folder) / f"step-{step:08d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from editkit.metrics import l1_distance
+
+        l1, triples = [], []
+        for n, row in enumerate(rows):
+            with Image.open(row.input_image) as a, Image.open(row.edited_image) as b:
+                before, after = paired_crop([a, b], self.square, None, False)
+            generator = torch.Generator().manual_seed(self.seed + n)
+            with torch.no_grad(), autocast():
+                image = pipe(row.prompt, image=before, generator=generator,
+                             num_inference_steps=self.options.validation_inference_steps,
+                             guidance_scale=self.options.guidance_scale,
+                             image_guidance_scale=self.options.image_guidance_scale).images[0]
+            image = image.resize(after.size)
+            sheet = Image.new("RGB", (after.width * 3, after.height))
+            for k, im in enumerate((before, image, after)):
+                sheet.paste(im, (k * after.width, 0))
+            sheet.save(out_dir / f"{row.id}.png")
+            self.tracker.image(f"samples/{row.id}", sheet, step)
+            l1.append(l1_distance(after, image))
+            triples.append((row, before, image))
+        if was_training:
+            unet.train()
+        metrics: dict[str, Any] = {"l1": round(float(np.mean(l1)), 6), "images": len(rows),
+                                   "held_out": bool(self.held_out)}
+        if self.options.validation_clip:
+            metrics.update(self._clip_metrics(triples))
+        self.tracker.metrics(metrics, step)
+        (out_dir / "prompts.txt").write_text("".join(f"{r.id}\t{r.prompt}\n" for r in rows))
+        return metrics
+
+    def _clip_metrics(self, triples: list[tuple[Row, Any, Any]]) -> dict[str, float]:
+        """InstructPix2Pix's CLIP_im, CLIP_dir, CLIP_out (editkit.metrics) of the edits, for
+        rows whose input and output captions are known."""
+        import numpy as np
+
+        from editkit.metrics import ClipEncoder, clip_pair_scores
+
+        usable = [t for t in triples if t[0].caption and t[0].output]
+        if not usable:
+            return {}
+        if not hasattr(self, "_clip"):
+            self._clip = ClipEncoder(self.options.validation_clip)
+        images = self._clip.encode_images([im for _, before, edited in usable
+                                           for im in (before, edited)])
+        texts = self._clip.embed_texts([c for row, _, _ in usable
+                                        for c in (row.caption, row.output)])
+        scores = [clip_pair_scores(images[2 * k], images[2 * k + 1], texts[row.caption],
+                                   texts[row.output]) for k, (row, _, _) in enumerate(usable)]
+        return {"clip_im": round(float(np.mean([s["clip_image"] for s in scores])), 6),
+                "clip_dir": round(float(np.mean([s["clip_direction"] for s in scores])), 6),
+                "clip_out": round(float(np.mean([s["clip_text_after"] for s in scores])), 6)}
+
+    def log_scalar(self, name: str, value: float, step: int) -> None:
+        self.tracker.scalar(name, value, step)
+
+    def export(self, folder: Path) -> dict[str, Any]:
+        """A LoRA file `load_lora_weights` accepts (+ conv_in when trained), or a full
+        InstructPix2Pix pipeline folder."""
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        unet = self.parts.unet
+        if self.lora is not None:
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+            layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
+            StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+                folder, unet_lora_layers=layers, safe_serialization=True)
+            conv_in = None
+            if self.train_conv_in:
+                conv_in = "conv_in.safetensors"
+                save_file(conv_in_state(unet), folder / conv_in)
+            return {"type": "lora", "base": self.options.base,
+                    "lora": "pytorch_lora_weights.safetensors", "conv_in": conv_in,
+                    "rank": self.lora.rank}
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModel
+
+        from editkit.models import load
+
+        # the frozen parts are reloaded so a mixed-precision run exports them unrounded
+        pipe = self.pipeline()
+        pipe.register_modules(
+            vae=load(AutoencoderKL, self.parts.ref, "VAE", subfolder="vae"),
+            text_encoder=load(CLIPTextModel, self.parts.ref, "text encoder",
+                              subfolder="text_encoder"),
+            unet=unet.float())
+        pipe.save_pretrained(folder, safe_serialization=True)
+        return {"type": "pipeline", "base": self.options.base}
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+def _to_tensor(image: Any) -> Any:
+    import numpy as np
+    import torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)

@@ -1,0 +1,47 @@
+"""Load the parts of a Stable Diffusion / InstructPix2Pix checkpoint, and make the 8-channel
+UNet InstructPix2Pix needs from a plain 4-channel one (`editkit.editmodel.widen_conv_in`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from editkit.editmodel import widen_conv_in  # noqa: F401  (the one widening, shared)
+from editkit.models import ModelRef, load, resolve
+
+
+@dataclass
+class Components:
+    ref: ModelRef
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    widened: bool = False  # conv_in was widened from 4 to 8 channels here
+
+
+def load_components(base: str, *, edit: bool = True) -> Components:
+    """Every part through `from_pretrained`; `edit` makes sure the UNet takes 8 channels."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    ref = resolve(base)
+    parts = Components(
+        ref=ref,
+        unet=load(UNet2DConditionModel, ref, "UNet", subfolder="unet"),
+        vae=load(AutoencoderKL, ref, "VAE", subfolder="vae"),
+        text_encoder=load(CLIPTextModel, ref, "text encoder", subfolder="text_encoder"),
+        tokenizer=load(CLIPTokenizer, ref, "tokenizer", subfolder="tokenizer"),
+        noise_scheduler=load(DDPMScheduler, ref, "scheduler", subfolder="scheduler"),
+    )
+    if edit and parts.unet.config.in_channels == 4:
+        # zero-initialised image channels: predicts exactly what the plain UNet did at first
+        widen_conv_in(parts.unet, 8)
+        parts.widened = True
+    return parts
+
+
+def conv_in_state(unet: Any) -> dict[str, Any]:
+    return {"weight": unet.conv_in.weight.detach().float().cpu().contiguous(),
+            "bias": unet.conv_in.bias.detach().float().cpu().contiguous()}

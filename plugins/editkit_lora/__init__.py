@@ -1,0 +1,46 @@
+"""`use: lora`: peft LoRA on the InstructPix2Pix UNet, with 8-bit optimizers.
+
+From plain Stable Diffusion the widened `conv_in` (the image channels) is trained too and saved
+beside the LoRA as `conv_in.safetensors`; the LoRA file loads with
+`StableDiffusionInstructPix2PixPipeline.load_lora_weights`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from editkit import hookimpl
+from editkit.kinds import Trainer, TrainJob
+from editkit.training.edit import EditOptions
+
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class LoraOptions(EditOptions):
+    rank: int = Field(16, ge=1)
+    alpha: int | None = Field(None, ge=1, description="LoRA alpha; default: the rank")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION), min_length=1)
+    train_conv_in: bool | None = Field(
+        None, description="train conv_in (the image channels); default: only when it was "
+                          "widened from a plain Stable Diffusion base")
+
+
+class LoraTrainer(Trainer):
+    name = "lora"
+    Options = LoraOptions
+
+    def train(self, job: TrainJob) -> dict[str, Any]:
+        from editkit.training import loop
+        from editkit.training.edit import EditTask
+
+        task = EditTask(self.options, job.dataset_dir, job.output_dir, job.seed,
+                        lora=self.options)
+        return loop.run(task, self.options, job.output_dir, job.seed, job.stats)
+
+
+@hookimpl
+def register_trainers(register):
+    register(LoraTrainer)

@@ -1,0 +1,155 @@
+"""LoRA trainer on tiny models: export loads into diffusers, 8-bit Adam on the CPU, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from editkit.kinds import TrainJob
+from editkit.testing import tiny_model
+
+FAST = dict(resolution=16, batch_size=2, rank=4, learning_rate=5e-3, validation_images=1,
+            validation_inference_steps=2)
+
+
+def train_lora(dataset, out, **options):
+    from editkit_lora import LoraOptions, LoraTrainer
+
+    opts = LoraOptions(**{**FAST, **options})
+    return LoraTrainer(opts).train(TrainJob(dataset_dir=dataset, output_dir=out, seed=0))
+
+
+def edit(pipe, seed=0):
+    import torch
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    out = pipe("make the square blue", image=image, num_inference_steps=3,
+               generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    return np.asarray(out)
+
+
+def tensor_dtypes(tree):
+    import torch
+
+    if torch.is_tensor(tree):
+        yield tree.dtype
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from tensor_dtypes(value)
+
+
+def test_lora_export_loads_into_instruct_pix2pix_pipeline_and_changes_output(pairs, tmp_path):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=6,
+                        checkpoint_every=6, validation_clip="tiny-clip")
+    final = tmp_path / "train" / "final"
+    meta = json.loads((final / "editkit_weights.json").read_text())
+    assert meta == {"type": "lora", "base": "tiny-ip2p",
+                    "lora": "pytorch_lora_weights.safetensors", "conv_in": None, "rank": 4}
+    assert result["type"] == "lora" and result["steps"] == 6
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_model("tiny-ip2p"))
+    pipe.set_progress_bar_config(disable=True)
+    before = edit(pipe)
+    pipe.load_lora_weights(final)
+    after = edit(pipe)
+    assert np.abs(after - before).mean() > 1e-3
+    # the samples for the report were written
+    assert list((tmp_path / "train" / "samples").glob("step-*/*.png"))
+    metrics = json.loads((tmp_path / "train" / "samples" / "metrics.jsonl").read_text())
+    assert metrics["step"] == 6 and 0 <= metrics["l1"] <= 1
+    assert {"clip_im", "clip_dir", "clip_out"} <= set(metrics)  # editkit.metrics, as eval
+    assert result["validation"]["clip_dir"] == metrics["clip_dir"]
+
+
+def test_adamw8bit_runs_on_cpu_from_plain_sd_and_trains_conv_in(pairs, tmp_path):
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from safetensors.torch import load_file
+
+    from editkit.editmodel import load_edit_pipeline
+
+    result = train_lora(pairs, tmp_path / "train", base="tiny-sd", steps=4,
+                        checkpoint_every=4, optimizer="adamw8bit", min_8bit_size=1)
+    assert result["optimizer"] == "adamw8bit"
+    ckpt = tmp_path / "train" / "checkpoints" / "step-00000004"
+    state = torch.load(ckpt / "optimizer.pt", weights_only=False)["state"]
+    assert torch.uint8 in set(tensor_dtypes(state))  # the Adam moments are 8-bit
+    final = tmp_path / "train" / "final"
+    meta = json.loads((final / "editkit_weights.json").read_text())
+    assert meta["conv_in"] == "conv_in.safetensors" and meta["base"] == "tiny-sd"
+    conv = load_file(final / "conv_in.safetensors")
+    assert conv["weight"].shape[1] == 8
+    assert conv["weight"][:, 4:].abs().max() > 0  # the zero-initialised image channels learnt
+    # the plain base widened with untrained (zero) image channels, then the trained weights
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_model("tiny-sd"))
+    pipe.set_progress_bar_config(disable=True)
+    from editkit.editmodel import widen_conv_in
+
+    widen_conv_in(pipe.unet, 8)
+    before = edit(pipe)
+    trained, spec = load_edit_pipeline(final, device="cpu")  # what `editkit edit` loads
+    assert spec.type == "lora" and spec.conv_in is not None
+    assert np.abs(edit(trained) - before).mean() > 1e-3
+
+
+def test_resume_continues_exactly_and_keeps_learning(pairs, tmp_path):
+    from safetensors.torch import load_file
+
+    n = 2
+    straight = train_lora(pairs, tmp_path / "a", base="tiny-ip2p", steps=2 * n,
+                          checkpoint_every=n, validation_images=0)
+    train_lora(pairs, tmp_path / "b", base="tiny-ip2p", steps=n, checkpoint_every=n,
+               validation_images=0)
+    resumed = train_lora(pairs, tmp_path / "b", base="tiny-ip2p", steps=2 * n,
+                         checkpoint_every=n, validation_images=0)
+    assert "resumed from step-00000002" in (tmp_path / "b" / "log.txt").read_text()
+    a = load_file(tmp_path / "a" / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "step-00000004" / "trainable.safetensors")
+    mid = load_file(tmp_path / "b" / "checkpoints" / "step-00000002" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.allclose(a[key].numpy(), b[key].numpy(), atol=1e-5), key
+    # the resumed steps moved the LoRA weights as much as the first ones did: still learning
+    lora_keys = [k for k in a if "lora_B" in k]
+    moved = sum(float((b[k] - mid[k]).abs().sum()) for k in lora_keys)
+    first = sum(float(mid[k].abs().sum()) for k in lora_keys)  # lora_B starts at zero
+    assert moved > 0.3 * first > 0
+    assert resumed["last_loss"] == pytest.approx(straight["last_loss"], rel=1e-4)
+
+
+def test_bf16_cached_latents_no_change_and_cosine_schedule_train_together(pairs, tmp_path):
+    import torch
+
+    result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=2,
+                        checkpoint_every=2, mixed_precision="bf16", cache_latents=True,
+                        no_change_fraction=0.5, lr_scheduler="cosine", warmup_steps=1,
+                        validation_images=0)
+    assert result["steps"] == 2 and np.isfinite(result["last_loss"])
+    log = (tmp_path / "train" / "log.txt").read_text()
+    assert "cache_latents: crops are centred" in log
+    assert "no-change augmentation on 50% of examples" in log
+    sched = torch.load(tmp_path / "train" / "checkpoints" / "step-00000002" / "scheduler.pt",
+                       weights_only=False)
+    assert sched["last_epoch"] == 2 and sched["_last_lr"][0] == pytest.approx(0.0)
+
+
+def test_no_change_instructions_name_something_absent_from_the_input(tmp_path):
+    import random
+
+    from editkit.training.data import Row
+    from editkit.training.edit import EditOptions, EditTask
+
+    task = EditTask(EditOptions(no_change_fraction=0.1), tmp_path, tmp_path, 0)
+    img = tmp_path / "x.png"
+    task.rows = [Row("a", "make the car red", img, img, caption="a photo of a car"),
+                 Row("b", "remove the dog", img, img, caption="a photo of a dog"),
+                 Row("c", "add a tree", img, img, caption="a photo of a car and a tree")]
+    rng = random.Random(0)
+    picks = {task._absent_instruction(task.rows[0], rng) for _ in range(20)}
+    # the dog is absent from a photo of a car; adding a tree would be a real edit
+    assert picks == {"remove the dog"}
+    assert task._absent_instruction(Row("d", "x", img, img, caption=""), rng) is None
