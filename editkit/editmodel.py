@@ -88,6 +88,22 @@ def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpe
     return EditModelSpec(text, "pipeline", resolve(text))
 
 
+def is_text_to_image(ref: str | Path) -> bool:
+    """True when `ref` is a local or built-in pipeline whose UNet takes 4 channels (a
+    text-to-image model, not an editor); read from its config without loading weights."""
+    try:
+        spec = resolve_edit_model(ref)
+    except ModelError:
+        return False
+    if spec.type != "pipeline" or spec.pipeline.source == "hub":
+        return False
+    config = Path(spec.pipeline.location) / "unet" / "config.json"
+    try:
+        return json.loads(config.read_text()).get("in_channels") == 4
+    except (OSError, ValueError):
+        return False
+
+
 def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
     """Give a text-to-image UNet extra input channels, zero-initialised, so it starts out
     ignoring the image condition exactly as InstructPix2Pix did."""

@@ -266,14 +266,23 @@ def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
     if not rows:
         raise RunError("evaluate: the dataset has no held-out (split: test) rows",
                        f"raise evaluate.split (now {spec.split}) or make more triplets")
-    models = [spec.base or _train_base(recipe) or "timbrooks/instruct-pix2pix"]
+    from .editmodel import is_text_to_image
+
+    base = spec.base or _train_base(recipe) or "timbrooks/instruct-pix2pix"
+    models, note = [base], None
+    if is_text_to_image(base):  # trained from plain SD: its start point ignores the image
+        models = []
+        note = (f"base {base} is a text-to-image model, not an editor: only the trained "
+                "model was measured")
     final = run.path / "train" / "final"
-    note = None
     if (final / "editkit_weights.json").is_file():
         models.append(str(run.path))
     elif recipe.model.train is not None:
         note = "train/final/editkit_weights.json not found: only the base model was measured"
     models += list(spec.models)
+    if not models:
+        raise RunError(f"evaluate: nothing to measure ({note})",
+                       "train the model first, or list edit models in evaluate.models")
     settings = EvalSettings(**{k: getattr(spec, k) for k in EvalSettings.model_fields})
     if settings.seed is None:
         settings.seed = recipe.model.seed

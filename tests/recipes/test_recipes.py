@@ -1,0 +1,52 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from editkit.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_there_are_the_workflow_recipes():
+    assert {p.stem for p in RECIPES} >= {"quickstart", "streetview", "interior", "dreambooth"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_validates_and_starts_with_its_run_command(path):
+    recipe = load_recipe(path)
+    assert recipe.stages()
+    assert path.read_text().splitlines()[0].startswith(f"# editkit run recipes/{path.name}")
+
+
+@pytest.mark.parametrize("name", ["streetview", "interior"])
+def test_domain_recipes_have_every_stage(name):
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert recipe.stages() == ["captions", "render", "filters", "train", "evaluate"]
+
+
+def test_quickstart_runs_offline_then_edits_with_its_weights_and_reports(cli, tmp_path):
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    run = cli("run", "recipes/quickstart.yaml", "captions.count=16", "train.options.steps=8",
+              "train.options.validate_every=8", "train.options.checkpoint_every=8",
+              HF_HUB_OFFLINE="1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder = tmp_path / "runs/quickstart"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"captions", "render", "filters", "train", "evaluate"}
+    metrics = json.loads((folder / "evaluate/metrics.json").read_text())
+    assert [m["label"] for m in metrics["models"]] == ["tiny-ip2p", "runs/quickstart"]
+
+    edit = cli("edit", "recipes/data/quickstart/street.png", "remove the car", "--model",
+               "runs/quickstart", "--size", "64", "--out", "edited.png")
+    assert edit.returncode == 0, edit.stderr
+    out = Image.open(tmp_path / "edited.png")
+    assert out.size == Image.open(tmp_path / "recipes/data/quickstart/street.png").size
+    assert json.loads(out.text["editkit"])["model"]["type"] == "lora"
+
+    report = cli("report", "runs/quickstart")
+    assert report.returncode == 0, report.stderr
+    assert (folder / "report/index.html").stat().st_size > 1000
