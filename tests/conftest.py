@@ -25,7 +25,8 @@ def pytest_collection_modifyitems(config, items):
         except ImportError:
             cuda = False
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--run-slow"):
+        run_slow = config.getoption("--run-slow") or os.environ.get("EDITKIT_RUN_SLOW") == "1"
+        if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: pass --run-slow"))
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))
