@@ -5,7 +5,10 @@ flight, the least time possible is ceil(requests / concurrency) x 200 ms. The wh
 stage (real client, prompts, parsing, checks, atomic shards) must stay within 1.2x of that.
 The baseline row is the plain `openai` client in a thread pool, with no editkit around it.
 
-    python benchmarks/captions.py [--count 1000] [--delay 0.2]
+    python benchmarks/captions.py [--count 1000] [--delay 0.2] [--no-gate]
+
+It exits 1 when the worst ratio is over 1.2x, unless --no-gate (the test suite runs it that
+way, small, to check that the script works: timings are not asserted on shared CI machines).
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import yaml
 
 from editkit.recipe import load_recipe
 from editkit.runner import run_recipe
-from editkit.testing.llmserver import LLMServer
+from editkit.testing.llmserver import ServerProcess
 
 
-def stage_time(use: str, count: int, options: dict, folder: Path) -> tuple[float, int]:
+def stage_time(use: str, count: int, options: dict, folder: Path) -> tuple[float, int, int]:
     path = folder / f"{use}-{options['concurrency']}.yaml"
     path.write_text(yaml.safe_dump({"name": "bench", "output": str(folder / path.stem),
                                     "captions": {"use": use, "count": count,
@@ -34,7 +37,7 @@ def stage_time(use: str, count: int, options: dict, folder: Path) -> tuple[float
     recipe = load_recipe(path)
     start = time.perf_counter()
     summary = run_recipe(recipe, progress=False)["captions"]
-    return time.perf_counter() - start, summary["kept"]
+    return time.perf_counter() - start, summary["kept"], summary["stats"]["llm"]["requests"]
 
 
 def plain_client_time(url: str, requests: int, concurrency: int, per_request: int) -> float:
@@ -57,23 +60,24 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--delay", type=float, default=0.2)
     parser.add_argument("--per-request", type=int, default=10)
+    parser.add_argument("--no-gate", action="store_true",
+                        help="print the table but exit 0 whatever the ratios")
     args = parser.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     per = args.per_request
     requests = math.ceil(args.count / per)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, LLMServer(delay=args.delay) as server:
+    # the server runs in its own process, as a real one would: in this one it would take
+    # the GIL from the client being measured
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(delay=args.delay) as url:
         for use, concurrency in (("openai", 4), ("openai", 8), ("openai", 16), ("ollama", 8)):
             theory = math.ceil(requests / concurrency) * args.delay
-            base = plain_client_time(server.url, requests, concurrency, per) \
+            base = plain_client_time(url, requests, concurrency, per) \
                 if use == "openai" else float("nan")
             options = {"per_request": per, "concurrency": concurrency,
                        "domain_pack": "streetview"}
-            options.update({"base_url": server.url + "/v1"} if use == "openai"
-                           else {"host": server.url})
-            sent = len(server.chat_requests())
-            seconds, kept = stage_time(use, args.count, options, Path(tmp))
-            sent = len(server.chat_requests()) - sent
+            options.update({"base_url": url + "/v1"} if use == "openai" else {"host": url})
+            seconds, kept, sent = stage_time(use, args.count, options, Path(tmp))
             rows.append((use, concurrency, kept, sent, theory, base, seconds))
     print(f"{args.count} triplets, {per} per request, server answers in "
           f"{args.delay * 1000:.0f} ms")
@@ -88,7 +92,7 @@ def main() -> int:
             use, conc, kept, sent, f"{theory:.2f}", f"{base:.2f}", f"{seconds:.2f}",
             f"{ratio:.2f}x", f"{seconds / base:.2f}x" if base == base else "-")))
     print(f"worst editkit/theory: {worst:.2f}x (must be <= 1.20x)")
-    return 0 if worst <= 1.2 else 1
+    return 0 if worst <= 1.2 or args.no_gate else 1
 
 
 if __name__ == "__main__":

@@ -170,7 +170,8 @@ def retry_after(headers: Any) -> float | None:
 
 @dataclass
 class Usage:
-    """Requests and tokens spent, saved beside the records after every reply."""
+    """Requests and tokens spent, saved beside the records after every reply (renamed into
+    place, not flushed to disk: a killed run keeps it, a power cut may lose the last counts)."""
 
     path: Path | None
     data: dict[str, Any] = field(default_factory=dict)
@@ -194,7 +195,7 @@ class Usage:
                 self.data[key] = self.data.get(key, 0) + n
             self.data.update(extra(self.data))
             if self.path is not None:
-                atomic_write_json(self.path, self.data)
+                atomic_write_json(self.path, self.data, durable=False)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

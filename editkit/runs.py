@@ -25,28 +25,33 @@ os.umask(_UMASK)
 SHARD_SUFFIX = ".jsonl"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part."""
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a part.
+
+    `durable` also flushes it to the disk before the rename, so it survives a power cut,
+    not only a killed process; counters rewritten after every request skip that."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
+                      durable)
 
 
 def atomic_save_image(image: Any, path: Path, **save_args: Any) -> None:
@@ -73,6 +78,7 @@ class RecordStore:
         self.writer = writer
         self.directory.mkdir(parents=True, exist_ok=True)
         self._swept = False
+        self._next: int | None = None  # this writer's next shard number, once looked up
 
     def _sweep(self) -> None:
         """Remove this writer's temporary files left by a write killed before its rename.
@@ -97,16 +103,19 @@ class RecordStore:
         if not self._swept:
             self._sweep()
         prefix = f"{SHARD_PREFIX}{self.writer}"
-        mine = sorted(self.directory.glob(f"{prefix}[0-9]*{SHARD_SUFFIX}"))
-        number = int(mine[-1].name[len(prefix):-len(SHARD_SUFFIX)]) + 1 if mine else 0
-        path = self.directory / f"{prefix}{number:06d}{SHARD_SUFFIX}"
+        if self._next is None:  # look once; after that this store is the only writer
+            mine = sorted(self.directory.glob(f"{prefix}[0-9]*{SHARD_SUFFIX}"))
+            self._next = int(mine[-1].name[len(prefix):-len(SHARD_SUFFIX)]) + 1 if mine else 0
+        path = self.directory / f"{prefix}{self._next:06d}{SHARD_SUFFIX}"
         text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         atomic_write_text(path, text)
+        self._next += 1
         return path
 
     def clear(self) -> None:
         for shard in self.shards():
             shard.unlink()
+        self._next = None
 
 
 class RunFolder:

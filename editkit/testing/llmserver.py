@@ -208,3 +208,49 @@ class LLMServer:
                     "options_seen": body.get("options")})
 
         return Handler
+
+
+class ServerProcess:
+    """An `LLMServer` in its own process, so a benchmark's client does not share the GIL
+    with the server it measures: `with ServerProcess(delay=0.2) as url: ...`."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.proc: Any = None
+
+    def __enter__(self) -> str:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "editkit.testing.llmserver", "--delay", str(self.delay)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.proc.kill()
+            raise RuntimeError(f"the LLM test server did not start (said {line!r})")
+        return line
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.stdin.close()  # the server stops when its stdin closes
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+
+
+def main() -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="serve the OpenAI and Ollama protocols "
+                                     "until stdin closes; prints the URL first")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    with LLMServer(delay=args.delay) as server:
+        print(server.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
