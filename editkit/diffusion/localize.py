@@ -13,13 +13,12 @@ layers: every other layer, and the other two copies, keep the fused kernel.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 
 from ..errors import InputError
-from .alignment import STOPWORDS, word_weights
+from .alignment import STOPWORDS, _norm, word_weights
 from .control import Layer, attention_control, attention_probs, fused
 from .masks import attention_heat, otsu_threshold
 from .word_maps import WordMaps
@@ -31,10 +30,6 @@ EDIT_WORDS = frozenset(
     "less so as instead very please now there them they it he she him her his their".split())
 
 DILATE = 1  # cells of the attention map added around the thresholded region
-
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w]", "", word.lower())
 
 
 def instruction_words(instruction: str, override: list[str] | None = None) -> list[str]:
@@ -63,6 +58,9 @@ class InstructionMaps(WordMaps):
     def attend(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:
         n = self.weights.shape[0]
+        if query.shape[0] not in (n, 3 * n):
+            raise ValueError(f"expected an InstructPix2Pix batch of {n} or {3 * n} rows, "
+                             f"got {query.shape[0]}")
         probs = attention_probs(attn, query[:n], key[:n])
         self.observe(layer, probs)
         self.count(layer)
