@@ -169,6 +169,18 @@ def save_mask(mask: Any, path: Path) -> None:
     atomic_save_image(Image.fromarray(array), path)
 
 
+def save_localized_mask(maps: Any, size: tuple[int, int], path: Path, words: list[str],
+                        threshold: float | None) -> dict[str, Any]:
+    """Threshold one sample's (1, h, w) attention maps into a mask of `size`, save it to
+    `path` and return what the PNG metadata records about it."""
+    from .diffusion.localize import localize_mask
+
+    found, cuts = localize_mask(maps[None], size, threshold)
+    save_mask(found[0], path)
+    return {"words": words, "threshold": "otsu" if threshold is None else threshold,
+            "cut": round(cuts[0], 4), "area": round(float(found.mean()), 6), "mask": str(path)}
+
+
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
               base: str | None = None, mask: str | None = None, device: str = "auto",
               dtype: str = "auto", say: Callable[[str], None] = print) -> list[Path]:
@@ -184,6 +196,9 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
         from .diffusion.localize import instruction_words
 
         words = instruction_words(settings.instruction, settings.localize_words)
+        cut = settings.localize_threshold
+        say(f"--localize: the mask comes from the attention to {', '.join(words)} "
+            f"(threshold {'otsu' if cut is None else cut})")
     images = collect_images(paths)
     originals = [open_image(p) for p in images]  # every input is checked before loading
     targets = output_paths(images, out, settings.variations)
@@ -229,17 +244,11 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
             edited = results[(index, k)].resize(final)
             localized = None
             if settings.localize:
-                from .diffusion.localize import localize_mask
-
-                found, cuts = localize_mask(maps[(index, k)][None], final,
-                                            settings.localize_threshold)
                 where = mask_path(targets[index][k])
-                save_mask(found[0], where)
-                soft = load_mask(str(where), final, settings.feather)
-                localized = {"words": words, "cut": round(cuts[0], 4), "mask": str(where),
-                             "threshold": settings.localize_threshold or "otsu",
-                             "area": round(float(found.mean()), 4)}
-                if not found.any():
+                localized = save_localized_mask(maps[(index, k)], final, where, words,
+                                                settings.localize_threshold)
+                soft = load_mask(str(where), final, settings.feather)  # exactly as --mask
+                if not localized["area"]:
                     say(f"{images[index]}: no region stands out in the attention to "
                         f"{', '.join(words)}; the image is returned unchanged")
             if soft is not None:
