@@ -122,28 +122,57 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
               help="Edit only where this mask is white; elsewhere keep the original.")
 @click.option("--feather", default=4.0, show_default=True, type=float,
               help="Soften the mask edge by this many pixels.")
+@click.option("--localize", is_flag=True, help="Find the mask from the model's attention to "
+              "the instruction's words; saved as <stem>-mask.png beside the result.")
+@click.option("--localize-words", default=None, metavar="W1,W2",
+              help="Words to localize (comma-separated) [the instruction's content words].")
+@click.option("--localize-threshold", default="otsu", show_default=True,
+              help="Cut of the normalised attention map, 0-1, or 'otsu' (per image).")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--out", default=None, help="Output file (one result) or folder [edits/].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int,
                  guidance: float, image_guidance: float, seed: int, variations: int, size: int,
-                 output_size: str, mask: str | None, feather: float, batch_size: int,
+                 output_size: str, mask: str | None, feather: float, localize: bool,
+                 localize_words: str | None, localize_threshold: str, batch_size: int,
                  out: str | None, device: str, dtype: str) -> None:
     """Edit IMAGE... (files or folders) by INSTRUCTION, e.g. "remove the cars"."""
     if len(args) < 2:
         raise click.UsageError('give at least one image and an instruction: '
                                'editkit edit photo.png "remove the cars"')
+    if localize and mask:
+        raise click.UsageError("--localize finds the mask itself; give --localize or --mask, "
+                               "not both")
+    if not localize and (localize_words or localize_threshold != "otsu"):
+        raise click.UsageError("--localize-words and --localize-threshold need --localize")
+    cut = _threshold(localize_threshold)
     from .edit import EditSettings, run_edits
 
     settings = EditSettings(instruction=args[-1], steps=steps, guidance=guidance,
                             image_guidance=image_guidance, seed=seed, variations=variations,
                             size=size, output_size=output_size, batch_size=batch_size,
-                            feather=feather)
+                            feather=feather, localize=localize,
+                            localize_words=localize_words.split(",") if localize_words else None,
+                            localize_threshold=cut)
     written = run_edits(list(args[:-1]), settings, model, out, base=base, mask=mask,
                         device=device, dtype=dtype, say=lambda line: click.echo(line, err=True))
     for path in written:
         click.echo(str(path))
+
+
+def _threshold(text: str) -> float | None:
+    """'otsu' -> None (Otsu's threshold per image), else a number strictly between 0 and 1."""
+    if text.strip().lower() == "otsu":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise click.BadParameter(f"{text!r} is neither 'otsu' nor a number between 0 and 1",
+                                 param_hint="--localize-threshold")
+    return value
 
 
 @cli.command(name="eval")

@@ -30,6 +30,9 @@ class EditSettings:
     output_size: str = "input"  # "input" or "model"
     batch_size: int = 4
     feather: float = 4.0
+    localize: bool = False  # the mask from the model's attention to the instruction's words
+    localize_words: list[str] | None = None  # None: the instruction's content words
+    localize_threshold: float | None = None  # None: Otsu's threshold per image
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -150,6 +153,34 @@ def grid(images: list[Any], columns: int = 4) -> Any:
     return sheet
 
 
+def mask_path(target: Path) -> Path:
+    """Where a localized edit's mask goes: `<stem>-mask.png` beside the result."""
+    return target.with_name(f"{target.stem}-mask.png")
+
+
+def save_mask(mask: Any, path: Path) -> None:
+    """A (1, h, w) mask in [0, 1] as a grey PNG (white = edited), like a `--mask` file."""
+    import torch
+    from PIL import Image
+
+    from .runs import atomic_save_image
+
+    array = (mask[0].clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+    atomic_save_image(Image.fromarray(array), path)
+
+
+def save_localized_mask(maps: Any, size: tuple[int, int], path: Path, words: list[str],
+                        threshold: float | None) -> dict[str, Any]:
+    """Threshold one sample's (1, h, w) attention maps into a mask of `size`, save it to
+    `path` and return what the PNG metadata records about it."""
+    from .diffusion.localize import localize_mask
+
+    found, cuts = localize_mask(maps[None], size, threshold)
+    save_mask(found[0], path)
+    return {"words": words, "threshold": "otsu" if threshold is None else threshold,
+            "cut": round(cuts[0], 4), "area": round(float(found.mean()), 6), "mask": str(path)}
+
+
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
               base: str | None = None, mask: str | None = None, device: str = "auto",
               dtype: str = "auto", say: Callable[[str], None] = print) -> list[Path]:
@@ -157,6 +188,17 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
 
     from .editmodel import load_edit_pipeline
 
+    if settings.localize and mask:
+        raise InputError("--localize finds the mask itself; it cannot be combined with --mask",
+                         "drop one of them")
+    words: list[str] = []
+    if settings.localize:
+        from .diffusion.localize import instruction_words
+
+        words = instruction_words(settings.instruction, settings.localize_words)
+        cut = settings.localize_threshold
+        say(f"--localize: the mask comes from the attention to {', '.join(words)} "
+            f"(threshold {'otsu' if cut is None else cut})")
     images = collect_images(paths)
     originals = [open_image(p) for p in images]  # every input is checked before loading
     targets = output_paths(images, out, settings.variations)
@@ -175,16 +217,23 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
             jobs.setdefault(work, []).append((index, k))
     written: list[Path] = []
     results: dict[tuple[int, int], Any] = {}
+    maps: dict[tuple[int, int], Any] = {}
     for work, items in jobs.items():
         for start in range(0, len(items), settings.batch_size):
             batch = items[start:start + settings.batch_size]
             inputs = [originals[i].resize(work) for i, _ in batch]
             generators = [torch.Generator("cpu").manual_seed(settings.seed + k) for _, k in batch]
-            out_images = pipe([settings.instruction] * len(batch), image=inputs,
-                              num_inference_steps=settings.steps,
-                              guidance_scale=settings.guidance,
-                              image_guidance_scale=settings.image_guidance,
-                              generator=generators).images
+            call = dict(guidance_scale=settings.guidance,
+                        image_guidance_scale=settings.image_guidance, generator=generators)
+            if settings.localize:
+                from .diffusion.localize import edit_with_maps
+
+                out_images, found, _ = edit_with_maps(pipe, settings.instruction, inputs, words,
+                                                      settings.steps, **call)
+                maps.update(zip(batch, found))
+            else:
+                out_images = pipe([settings.instruction] * len(batch), image=inputs,
+                                  num_inference_steps=settings.steps, **call).images
             for (i, k), edited in zip(batch, out_images):
                 results[(i, k)] = edited
     for index, image in enumerate(originals):
@@ -193,13 +242,24 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
         variants = []
         for k in range(settings.variations):
             edited = results[(index, k)].resize(final)
+            localized = None
+            if settings.localize:
+                where = mask_path(targets[index][k])
+                localized = save_localized_mask(maps[(index, k)], final, where, words,
+                                                settings.localize_threshold)
+                soft = load_mask(str(where), final, settings.feather)  # exactly as --mask
+                if not localized["area"]:
+                    say(f"{images[index]}: no region stands out in the attention to "
+                        f"{', '.join(words)}; the image is returned unchanged")
             if soft is not None:
                 edited = blend(image.resize(final), edited, soft)
             record = {**asdict(settings), "seed": settings.seed + k, "input": str(images[index]),
                       "mask": mask, "model": spec.describe(), "editkit": __version__,
-                      "working_size": list(results[(index, k)].size)}
+                      "working_size": list(results[(index, k)].size), "localize": localized}
             save_with_settings(edited, targets[index][k], record)
             written.append(targets[index][k])
+            if localized:
+                written.append(Path(localized["mask"]))
             variants.append(edited)
         if settings.variations > 1:
             sheet = targets[index][0].with_name(f"{targets[index][0].stem.rsplit('-', 1)[0]}"

@@ -24,12 +24,17 @@ def attention_mask(maps: torch.Tensor, size: tuple[int, int], threshold: float,
     """(samples, branches, h, w) attention maps -> (samples, 1, *size) binary mask: each
     map normalised, max-pooled by `dilate` cells, resized, thresholded, branches united
     (Prompt-to-Prompt's local blend)."""
+    return (attention_heat(maps, size, dilate) > threshold).any(dim=1, keepdim=True).float()
+
+
+def attention_heat(maps: torch.Tensor, size: tuple[int, int], dilate: int = 1) -> torch.Tensor:
+    """(..., h, w) attention maps -> (..., *size) in [0, 1]: each map normalised, max-pooled
+    by `dilate` cells, resized and normalised again; what `attention_mask` thresholds."""
     maps = normalise(maps.float())
     if dilate > 0:
         maps = F.max_pool2d(maps, 2 * dilate + 1, stride=1, padding=dilate)
     maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    maps = normalise(maps)
-    return (maps > threshold).any(dim=1, keepdim=True).float()
+    return normalise(maps)
 
 
 def otsu_threshold(values: torch.Tensor, bins: int = 64) -> float:

@@ -27,8 +27,9 @@ def pick_level(layers: dict[str, Layer], target: int = 4) -> int:
 class WordMaps(AttentionController):
     """Collects, per sample and branch, the attention mass on weighted tokens.
 
-    `weights` is (samples, 2, tokens): for each sample the token weights of the before and
-    the after prompt (1 on the words of interest, 0 elsewhere).
+    `weights` is (samples, branches, tokens): for each sample the token weights of each of
+    its prompts, e.g. the before and the after prompt (1 on the words of interest, 0
+    elsewhere).
     """
 
     def __init__(self, weights: torch.Tensor, target: int = 4):
@@ -62,8 +63,8 @@ class WordMaps(AttentionController):
         self.calls += 1
 
     def maps(self) -> torch.Tensor | None:
-        """(samples, 2, h, w) mean attention mass so far, or None before the first step."""
+        """(samples, branches, h, w) mean attention mass so far, or None before the first step."""
         if self.total is None:
             return None
         h, w = Layer("", True, self.factor).map_size(self.latent_hw)
-        return (self.total / self.calls).view(-1, 2, h, w)
+        return (self.total / self.calls).view(*self.weights.shape[:2], h, w)
