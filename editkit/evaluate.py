@@ -288,6 +288,12 @@ def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
         settings.seed = recipe.model.seed
     key = fingerprint({"settings": settings.model_dump(mode="json"), "models": models,
                        "source": source, "weights": _weights_state(final)})
+    judged = None
+    if spec.judge is not None:  # first: a judge that does not fit the run fails at once
+        from .judging import judge_run
+
+        judged = judge_run(run, recipe, models, _labels(models), settings,
+                           {"source": source, "weights": _weights_state(final)}, progress)
     out_dir = run.stage_dir("evaluate")
     existing = out_dir / "metrics.json"
     previous = json.loads(existing.read_text()) if existing.is_file() else {}
@@ -299,13 +305,9 @@ def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
             result["note"] = note
         write_results(out_dir, result)
     summary = _stage_summary(result if fresh else previous)
-    if spec.judge is not None:
-        from .judging import judge_run
-
-        summary["judge"] = judge_run(run, recipe, models, _labels(models), settings,
-                                     {"source": source, "weights": _weights_state(final)},
-                                     progress)
-    if fresh or spec.judge is not None:
+    if judged is not None:
+        summary["judge"] = judged
+    if fresh or judged is not None:
         from .report import write_report
 
         write_report(run.path)  # the tables with the pictures, as `editkit report RUN` does

@@ -153,3 +153,15 @@ def test_pair_accuracy_and_filter_precision_recall_are_counted_right(tmp_path):
                                          "precision": 4 / 7, "recall": 4 / 5}
     assert filters["each"]["1-dino"] == {"scored": 7, "good": 4, "kept": 4, "kept_good": 2,
                                          "precision": 0.5, "recall": 0.5}
+
+
+def test_held_out_inputs_the_trainer_saw_are_left_out():
+    from editkit.judging import held_out_cases
+
+    judge = ShapesJudge()
+    first = judge.held_out(6, seed=0)
+    seen = {(first[1].input, first[1].instruction), (first[4].input, first[4].instruction)}
+    cases, left_out = held_out_cases(judge, 6, 0, seen)
+    assert left_out == 2 and len(cases) == 6
+    assert all((c.input, c.instruction) not in seen for c in cases)
+    assert [c.instruction for c in cases[:4]] == [first[i].instruction for i in (0, 2, 3, 5)]

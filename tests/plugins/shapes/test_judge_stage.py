@@ -98,3 +98,18 @@ def test_every_stage_can_be_broken_by_overrides(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "control: false" in result.stdout and "keep_top: null" in result.stdout
     assert "steps: 0" in result.stdout and "judge:" in result.stdout
+
+
+def test_a_judge_that_does_not_fit_the_captions_is_one_clear_line(cli, tmp_path):
+    (tmp_path / "recipe.yaml").write_text("""\
+name: misjudged
+output: runs/misjudged
+captions: {use: template, count: 4, options: {subjects: [car, house, tree], attributes: [red, blue]}}
+render: {use: flat, options: {samples: 1, size: 16}}
+filters: [{use: pixel-diff}]
+evaluate: {split: 0.5, base: tiny-ip2p, judge: {use: shapes}}
+""")
+    result = cli("run", "recipe.yaml", plugins=["testkit"])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "has no shapes-world truth" in result.stderr
+    assert "the shapes judge needs triplets from captions: {use: shapes}" in result.stderr
