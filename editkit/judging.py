@@ -254,8 +254,9 @@ def _num(value: float | None) -> str:
 def judge_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(what, value, out of) rows: the table the console, judge.md and the report show."""
     pairs, filters = result["pairs"], result["filters"]
+    kinds = ", ".join(f"{k} {_num(v['accuracy'])}" for k, v in pairs["by_kind"].items())
     rows = [("pair accuracy, before filtering", _num(pairs["before_filters"]["accuracy"]),
-             f"{pairs['before_filters']['pairs']} pairs"),
+             f"{pairs['before_filters']['pairs']} pairs" + (f" ({kinds})" if kinds else "")),
             ("pair accuracy, after filtering", _num(pairs["after_filters"]["accuracy"]),
              f"{pairs['after_filters']['pairs']} pairs")]
     for name, numbers in [("filters", filters["all"]), *[

@@ -5,7 +5,11 @@ import json
 import shutil
 from pathlib import Path
 
+from editkit.recipe import load_recipe
 from editkit.testing import tiny_model
+from editkit.testing.browser import open_page
+
+ROOT = Path(__file__).resolve().parents[3]
 
 # The shapes loop on tiny built-in models (recipes/shapes.yaml uses the world's models).
 RECIPE = """\
@@ -72,6 +76,9 @@ def test_evaluate_with_a_judge_measures_pairs_filters_and_editors(cli, tmp_path)
         e["label"]: e["success"] for e in data["editors"]}
     html = (run / "report/index.html").read_text()
     assert "<h2>Judged by shapes</h2>" in html and "held-out input" in html
+    seen = open_page(run / "report/index.html")
+    assert seen["broken"] == [] and seen["errors"] == []
+    assert html.count('alt="make the') + html.count('alt="turn the') >= 3 * 3  # the grid
     # nothing changed: nothing is redone
     stamp = (run / "evaluate/judge.json").stat().st_mtime_ns
     again = cli("run", "recipe.yaml")
@@ -88,9 +95,18 @@ def test_an_unknown_judge_is_a_recipe_error(cli, tmp_path):
     assert typo.returncode == 2 and "evaluate.judge.options.edit: unknown key" in typo.stderr
 
 
+def test_the_shapes_recipe_is_the_whole_loop_on_the_world_models():
+    recipe = load_recipe(ROOT / "recipes/shapes.yaml")
+    assert recipe.stages() == ["captions", "render", "filters", "train", "evaluate"]
+    m = recipe.model
+    assert m.captions.use == "shapes" and m.render.options["model"] == "shapes-sd"
+    assert [f.options["model"] for f in m.filters] == ["shapes-clip", "shapes-dino"]
+    assert m.train.use == "lora" and m.train.options["base"] == "shapes-sd"
+    assert m.evaluate.judge.use == "shapes"
+
+
 def test_every_stage_can_be_broken_by_overrides(cli, tmp_path):
-    root = Path(__file__).resolve().parents[3]
-    result = cli("recipes", "validate", root / "recipes/shapes.yaml",
+    result = cli("recipes", "validate", ROOT / "recipes/shapes.yaml",
                  "render.options.control=false", "filters.0.options.min_image=0",
                  "filters.0.options.min_direction=0", "filters.0.options.min_text=0",
                  "filters.0.options.keep_top=null", "filters.1.options.min_similarity=0",
