@@ -12,3 +12,10 @@ def register_caption_generators(register):
     from .captions import ShapesCaptions
 
     register(ShapesCaptions)
+
+
+@hookimpl
+def register_judges(register):
+    from .judge import ShapesJudge
+
+    register(ShapesJudge)
