@@ -53,7 +53,7 @@ def _kind(region: np.ndarray, top: int, left: int, height: int, width: int) -> s
     local = np.zeros((height, width), bool)
     local[region[:, 0] - top, region[:, 1] - left] = True
     half = height // 2
-    if local[height - half:].mean() - local[:half].mean() > 0.25:
+    if half and local[height - half:].mean() - local[:half].mean() > 0.25:
         return "triangle"
     return "square" if local.mean() > 0.87 else "circle"
 
