@@ -21,6 +21,11 @@ from typing import Any
 from .world import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZES, draw, random_scene
 
 CAPTION_DROP = 0.1
+# DDPM's linear schedule, not Stable Diffusion's scaled one: at 16x16 latents SD's last step
+# still holds 7% of the signal, so the sampler's pure noise fixes the mean colour (the
+# background) and the layout before the prompt can; here the last step keeps 0.6%.
+NOISE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001,
+         "beta_end": 0.02}
 
 
 def world_words() -> list[str]:
@@ -67,7 +72,11 @@ def build_models(tokenizer_dir: Path) -> dict[str, Any]:
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64),
         layers_per_block=1, norm_num_groups=16, cross_attention_dim=64, attention_head_dim=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        # the caption, pooled by attention, is also added to the time embedding: every
+        # ResNet block (the 16x16 ones too) sees the global attributes (background, colours)
+        # at once, where cross-attention alone learns them slowly at this size
+        addition_embed_type="text", addition_embed_type_num_heads=4)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet}
 
 
@@ -138,8 +147,7 @@ def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps:
     from diffusers import DDPMScheduler
 
     tokenizer, text_encoder, unet = models["tokenizer"], models["text_encoder"], models["unet"]
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                    beta_start=0.00085, beta_end=0.012)
+    noise_scheduler = DDPMScheduler(**NOISE)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
@@ -219,9 +227,9 @@ class swapped:
                 p.copy_(s)
 
 
-def train(out: Path, seed: int = 0, images: int = 6000, vae_steps: tuple[int, ...] = (1500,),
-          unet_steps: int = 700, batch: int = 32, lr: float = 1e-3, threads: int = 2,
-          snapshot_every: int = 0) -> dict:
+def train(out: Path, seed: int = 0, images: int = 16000,
+          vae_steps: tuple[int, ...] = (1500, 800), unet_steps: tuple[int, ...] = (4000,),
+          batch: int = 32, lr: float = 1e-3, threads: int = 1, snapshot_every: int = 0) -> dict:
     """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -261,9 +269,8 @@ def train(out: Path, seed: int = 0, images: int = 6000, vae_steps: tuple[int, ..
     latents = latents * scale
     log(f"latents {tuple(latents.shape)} scaling_factor {scale:.4f}")
     def save(folder: Path) -> None:
-        sampler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                                set_alpha_to_one=False, steps_offset=1)
+        sampler = DDIMScheduler(**NOISE, clip_sample=False, set_alpha_to_one=False,
+                                steps_offset=1)
         pipe = StableDiffusionPipeline(
             vae=models["vae"], text_encoder=models["text_encoder"],
             tokenizer=models["tokenizer"], unet=models["unet"], scheduler=sampler,
@@ -274,7 +281,23 @@ def train(out: Path, seed: int = 0, images: int = 6000, vae_steps: tuple[int, ..
         save(out.parent / f"{out.name}-step{step}")
         log(f"snapshot {out.name}-step{step}")
 
-    train_unet(models, latents, captions, unet_steps, batch, lr, log, snapshot, snapshot_every)
+    # the UNet and text encoder train in phases too (each from the last one's EMA weights,
+    # a fresh warm-up and cosine, the learning rate halved); each finished phase is kept
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    for phase in range(len(unet_steps)):
+        done = "+".join(str(n) for n in unet_steps[:phase + 1])
+        cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}"
+        if (cache / "unet" / "config.json").exists():
+            models["unet"] = UNet2DConditionModel.from_pretrained(cache / "unet")
+            models["text_encoder"] = CLIPTextModel.from_pretrained(cache / "text_encoder")
+            log(f"unet and text encoder loaded from {cache}")
+            continue
+        train_unet(models, latents, captions, unet_steps[phase], batch, lr / 2 ** phase, log,
+                   snapshot, snapshot_every)
+        models["unet"].save_pretrained(cache / "unet")
+        models["text_encoder"].save_pretrained(cache / "text_encoder")
     save(out)
     stats = {"seed": seed, "images": images, "vae_steps": vae_steps, "unet_steps": unet_steps,
              "batch": batch, "lr": lr, "vae_seconds": round(vae_time, 1),
@@ -289,13 +312,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=6000)
+    parser.add_argument("--images", type=int, default=16000)
     parser.add_argument("--vae-steps", type=lambda v: tuple(int(n) for n in v.split("+")),
-                        default=(1500, 1000), help="steps of each VAE phase, like 1500+1000")
-    parser.add_argument("--unet-steps", type=int, default=700)
+                        default=(1500, 800), help="steps of each VAE phase, like 1500+1000")
+    parser.add_argument("--unet-steps", type=lambda v: tuple(int(n) for n in v.split("+")),
+                        default=(4000,), help="steps of each UNet phase, like 4000+2000")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="also save the EMA model every N steps (OUT-stepN) to judge it")
     args = parser.parse_args()
