@@ -30,5 +30,10 @@ def register_trainers(register: Callable[[type], Any]) -> None:
 
 
 @hookspec
+def register_models(register: Callable[[str, Any], Any]) -> None:
+    """Register named model folders (`register(name, folder)`) that model references resolve."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands or groups to the `editkit` CLI group."""
