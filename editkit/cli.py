@@ -99,8 +99,11 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
     if os.environ.get("RANK", "0") != "0":
         return  # under accelerate launch the main process reports
     for stage, summary in summaries.items():
-        shown = {k: v for k, v in summary.items() if k not in ("stats", "result")}
+        shown = {k: v for k, v in summary.items() if k not in ("stats", "result", "judge")}
         click.echo(f"{stage}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    judged = recipe.output / "evaluate" / "judge.md"
+    if "judge" in summaries.get("evaluate", {}) and judged.is_file():
+        click.echo(judged.read_text("utf-8").rstrip())
     click.echo(f"run folder: {recipe.output}")
 
 

@@ -89,8 +89,9 @@ def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpe
 
 
 def is_text_to_image(ref: str | Path) -> bool:
-    """True when `ref` is a local or built-in pipeline whose UNet takes 4 channels (a
-    text-to-image model, not an editor); read from its config without loading weights."""
+    """True when `ref` is a local or built-in pipeline whose UNet takes only the noisy latents
+    (in = out channels: a text-to-image model, not an editor); read from its config without
+    loading weights."""
     try:
         spec = resolve_edit_model(ref)
     except ModelError:
@@ -99,14 +100,16 @@ def is_text_to_image(ref: str | Path) -> bool:
         return False
     config = Path(spec.pipeline.location) / "unet" / "config.json"
     try:
-        return json.loads(config.read_text()).get("in_channels") == 4
+        unet = json.loads(config.read_text())
     except (OSError, ValueError):
         return False
+    return unet.get("in_channels", 4) == unet.get("out_channels", 4)
 
 
 def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
     """Give a text-to-image UNet extra input channels, zero-initialised, so it starts out
-    ignoring the image condition exactly as InstructPix2Pix did."""
+    ignoring the image condition exactly as InstructPix2Pix did. `in_channels` is twice the
+    latent channels (8 for Stable Diffusion's 4)."""
     import torch
 
     old = unet.conv_in
@@ -135,11 +138,11 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
     if spec.conv_in is not None:
         from safetensors.torch import load_file
 
-        widen_conv_in(pipe.unet, 8)
+        widen_conv_in(pipe.unet, 2 * pipe.unet.config.out_channels)
         weights = load_file(str(spec.conv_in))
         pipe.unet.conv_in.load_state_dict({k.split("conv_in.")[-1]: v.to(torch_dtype)
                                            for k, v in weights.items()})
-    if pipe.unet.config.in_channels != 8:
+    if pipe.unet.config.in_channels != 2 * pipe.unet.config.out_channels:
         raise ModelError(
             f"'{spec.pipeline.ref}' is a text-to-image model (its UNet takes "
             f"{pipe.unet.config.in_channels} channels), not an instruction editor",

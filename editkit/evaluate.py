@@ -288,21 +288,30 @@ def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
         settings.seed = recipe.model.seed
     key = fingerprint({"settings": settings.model_dump(mode="json"), "models": models,
                        "source": source, "weights": _weights_state(final)})
+    judged = None
+    if spec.judge is not None:  # first: a judge that does not fit the run fails at once
+        from .judging import judge_run
+
+        judged = judge_run(run, recipe, models, _labels(models), settings,
+                           {"source": source, "weights": _weights_state(final)}, progress)
     out_dir = run.stage_dir("evaluate")
     existing = out_dir / "metrics.json"
-    if existing.is_file():
-        previous = json.loads(existing.read_text())
-        if previous.get("key") == key:
-            return _stage_summary(previous)
-    result = evaluate_models(models, rows, out_dir, settings, source, progress)
-    result["key"] = key
-    if note:
-        result["note"] = note
-    write_results(out_dir, result)
-    from .report import write_report
+    previous = json.loads(existing.read_text()) if existing.is_file() else {}
+    fresh = previous.get("key") != key
+    if fresh:
+        result = evaluate_models(models, rows, out_dir, settings, source, progress)
+        result["key"] = key
+        if note:
+            result["note"] = note
+        write_results(out_dir, result)
+    summary = _stage_summary(result if fresh else previous)
+    if judged is not None:
+        summary["judge"] = judged
+    if fresh or judged is not None:
+        from .report import write_report
 
-    write_report(run.path)  # the table with the pictures, as `editkit report RUN` writes it
-    return _stage_summary(result)
+        write_report(run.path)  # the tables with the pictures, as `editkit report RUN` does
+    return summary
 
 
 def _train_base(recipe: Any) -> str | None:

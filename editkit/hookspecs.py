@@ -35,5 +35,10 @@ def register_models(register: Callable[[str, Any], Any]) -> None:
 
 
 @hookspec
+def register_judges(register: Callable[[type], Any]) -> None:
+    """Register judge classes: they score pairs and edits against a domain's truth."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands or groups to the `editkit` CLI group."""

@@ -11,7 +11,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -176,15 +176,72 @@ class Trainer(Plugin):
         ...
 
 
+# --- judge ------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    """A judge's word on one pair or one edit: good or not, and every reason why not.
+
+    `kind` groups verdicts for per-kind numbers (the edit kind: colour, size, ...);
+    `detail` holds what the judge saw, for the record (JSON-able)."""
+
+    good: bool
+    reasons: list[str] = field(default_factory=list)
+    kind: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+class HeldOut(NamedTuple):
+    """One held-out edit drawn by the domain's truth, not by a model. `truth` is whatever
+    the judge needs to judge the edit later (JSON-able); `input`/`output` are captions of
+    the image before and after the edit, when the domain has them."""
+
+    image: Any  # PIL image
+    instruction: str
+    truth: dict[str, Any]
+    input: str = ""
+    output: str = ""
+
+
+class Judge(Plugin):
+    """Knows a domain's truth, so every stage can be scored against it instead of against
+    another model's opinion. `pair` judges a rendered (before, after) pair given its record
+    (the pair's triplet fields included); `held_out` draws inputs with their truth; `edit`
+    judges an editor's output for one of them. A streetview judge could be a detector."""
+
+    kind = "judge"
+    method = "pair"
+    methods: ClassVar[tuple[str, ...]] = ("pair", "held_out", "edit")
+
+    @abstractmethod
+    def pair(self, record: dict[str, Any], before: Any, after: Any) -> Verdict:
+        """Was the triplet's edit made between `before` and `after` (PIL), and only it?"""
+
+    @abstractmethod
+    def held_out(self, count: int, seed: int) -> list[HeldOut]:
+        """`count` inputs with instructions and truth, a pure function of (count, seed)."""
+
+    @abstractmethod
+    def edit(self, truth: dict[str, Any], edited: Any) -> Verdict:
+        """Did `edited` (PIL) make the instructed change and keep everything else?"""
+
+
 KINDS: dict[str, type[Plugin]] = {
     "caption generator": CaptionGenerator,
     "renderer": Renderer,
     "filter": Filter,
     "trainer": Trainer,
+    "judge": Judge,
 }
 HOOK_FOR_KIND = {
     "caption generator": "register_caption_generators",
     "renderer": "register_renderers",
     "filter": "register_filters",
     "trainer": "register_trainers",
+    "judge": "register_judges",
 }

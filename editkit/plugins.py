@@ -227,8 +227,9 @@ def _contract_problem(cls: Any, base: type, pattern: Any) -> str | None:
         return "`Options` must be a pydantic model (subclass editkit.kinds.PluginOptions)"
     if options.model_config.get("extra") != "forbid":
         return "`Options` must forbid extra fields: model_config = ConfigDict(extra='forbid')"
-    if not callable(getattr(cls, base.method, None)):
-        return f"a {base.kind} needs a `{base.method}` method"
+    for method in getattr(base, "methods", (base.method,)):
+        if not callable(getattr(cls, method, None)):
+            return f"a {base.kind} needs a `{method}` method"
     return None
 
 

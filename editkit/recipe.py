@@ -25,6 +25,7 @@ KIND_FOR_STAGE = {
     "render": "renderer",
     "filters": "filter",
     "train": "trainer",
+    "evaluate": "judge",  # evaluate.judge
 }
 SECRET_KEY = re.compile(r"(api[_-]?key|secret|password|token)$", re.IGNORECASE)
 
@@ -41,6 +42,12 @@ class CaptionsSpec(StageSpec):
     tokenizer: str | None = None
 
 
+class JudgeSpec(StageSpec):
+    """`evaluate.judge`: a judge plugin and how many held-out inputs it draws."""
+
+    count: int = Field(32, gt=0, description="held-out inputs the judge draws for the editors")
+
+
 class EvaluateSpec(EvalSettings):
     """`evaluate:` holds out `split` of the triplets (by id) and measures the base edit model
     and the trained one on them; the rest are `editkit eval`'s settings."""
@@ -49,6 +56,9 @@ class EvaluateSpec(EvalSettings):
     base: str | None = Field(None, description="edit model to compare against; default: the "
                              "trainer's `base` option, else timbrooks/instruct-pix2pix")
     models: list[str] = Field(default_factory=list, description="more edit models to measure")
+    judge: JudgeSpec | None = Field(None, description="a judge plugin that knows the domain's "
+                                    "truth: pair accuracy, filter precision/recall, editor "
+                                    "success on held-out inputs")
 
 
 class RecipeModel(BaseModel):
@@ -98,6 +108,8 @@ class Recipe:
         for stage, plugin in self.plugins.items():
             if stage.startswith("filters."):
                 data["filters"][int(stage.split(".")[1])]["options"] = plugin.options_dict()
+            elif stage == "evaluate.judge":
+                data["evaluate"]["judge"]["options"] = plugin.options_dict()
             else:
                 data[stage]["options"] = plugin.options_dict()
         return data
@@ -243,6 +255,9 @@ def _stage_specs(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     filters = data.get("filters")
     if isinstance(filters, list):
         specs += [(f"filters.{i}", f) for i, f in enumerate(filters) if isinstance(f, dict)]
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict) and isinstance(evaluate.get("judge"), dict):
+        specs.append(("evaluate.judge", evaluate["judge"]))
     return specs
 
 

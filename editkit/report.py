@@ -128,6 +128,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
         _overview(manifest, pairs, filters),
         _filter_stats(filters),
         _evaluation(run, thumbs),
+        _judged(run, thumbs),
         _training_samples(run, thumbs),
         _pairs_table(run, pairs, filters, splits, thumbs),
     ]
@@ -262,6 +263,42 @@ def _evaluation(run: Path, thumbs: Thumbnails) -> str:
         labels = " | ".join(["input"] + [m["label"] for m in data["models"]])
         parts.append(f"<table><tr><th>{esc(labels)}</th><th>instruction</th></tr>"
                      + "".join(rows) + "</table>")
+    return "\n".join(parts)
+
+
+def _judged(run: Path, thumbs: Thumbnails) -> str:
+    """The judge's numbers (`evaluate/judge.json`) and a grid of judged held-out edits."""
+    data = _json(run / "evaluate" / "judge.json")
+    if not isinstance(data, dict) or "pairs" not in data:
+        return ""
+    from .judging import judge_rows
+
+    rows = "".join(f"<tr><td>{esc(a)}</td><td class=num>{esc(b)}</td><td>{esc(c)}</td></tr>"
+                   for a, b, c in judge_rows(data))
+    parts = [f"<h2>Judged by {esc(data['judge']['use'])}</h2>",
+             f"<table><tr><th>measure</th><th>value</th><th>of</th></tr>{rows}</table>"]
+    reasons = data["pairs"].get("reasons") or {}
+    if reasons:
+        parts.append("<p class=cap>commonest reasons a pair is bad: " + esc("; ".join(
+            f"{r} ({n})" for r, n in reasons.items())) + "</p>")
+    editors = data.get("editors") or []
+    cases = data.get("held_out", {}).get("inputs", [])[:EVAL_EXAMPLES]
+    if editors and cases:
+        head = "".join(f"<th>{esc(e['label'])}</th>" for e in editors)
+        body = []
+        for i, case in enumerate(cases):
+            shown = thumbs.tag(f"judge/{i:04d}-input", [run / "evaluate" / case["image"]],
+                               case["instruction"])
+            cells = [f"<td>{shown}<div class=cap>{esc(case['instruction'])}</div></td>"]
+            for n, editor in enumerate(editors):
+                row = editor["rows"][i]
+                verdict = ("<span class=ok>good</span>" if row["good"] else
+                           f"<span class=why>{esc('; '.join(row['reasons']))}</span>")
+                image = thumbs.tag(f"judge/{i:04d}-{n}", [run / "evaluate" / row["image"]],
+                                   row["instruction"])
+                cells.append(f"<td>{image}<div class=sc>{verdict}</div></td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f"<table><tr><th>held-out input</th>{head}</tr>{''.join(body)}</table>")
     return "\n".join(parts)
 
 

@@ -92,7 +92,8 @@ class EditTask:
         parts = load_components(self.options.base, edit=True)
         self.parts = parts
         if parts.widened:
-            log(f"{self.options.base} is a 4-channel model: conv_in widened to 8 channels, "
+            log(f"{self.options.base} is a text-to-image model: conv_in widened to "
+                f"{parts.unet.config.in_channels} channels, "
                 "the image channels start at zero and are trained")
         unet = parts.unet
         for frozen in (parts.vae, parts.text_encoder):

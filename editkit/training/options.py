@@ -19,7 +19,8 @@ class TrainOptions(PluginOptions):
                       description="model to start from: InstructPix2Pix, or plain Stable "
                                   "Diffusion (conv_in is widened to 8 channels)")
     resolution: int = Field(256, ge=8, description="training area is resolution² pixels")
-    steps: int = Field(1000, ge=1, description="optimizer updates")
+    steps: int = Field(1000, ge=0, description="optimizer updates (0 exports the untrained "
+                       "start point: the baseline that shows what training is worth)")
     batch_size: int = Field(4, ge=1, description="examples per process per micro-batch")
     gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(1e-4, gt=0)

@@ -35,9 +35,10 @@ def load_components(base: str, *, edit: bool = True) -> Components:
         tokenizer=load(CLIPTokenizer, ref, "tokenizer", subfolder="tokenizer"),
         noise_scheduler=load(DDPMScheduler, ref, "scheduler", subfolder="scheduler"),
     )
-    if edit and parts.unet.config.in_channels == 4:
+    latent = parts.unet.config.out_channels
+    if edit and parts.unet.config.in_channels == latent:
         # zero-initialised image channels: predicts exactly what the plain UNet did at first
-        widen_conv_in(parts.unet, 8)
+        widen_conv_in(parts.unet, 2 * latent)
         parts.widened = True
     return parts
 

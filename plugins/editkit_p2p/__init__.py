@@ -18,6 +18,10 @@ from editkit.diffusion.renderer import PairOptions, PairRenderer, Sample, Triple
 
 
 class PromptToPromptOptions(PairOptions):
+    control: bool = Field(
+        True, description="attention control on; false renders the two prompts "
+        "independently from the same noise (no injection, cross edit, reweighting or "
+        "blending): the baseline that shows what the control is worth")
     self_fraction: tuple[float, float] = Field(
         (0.1, 0.9), description="fraction of the steps with self-attention injection; each "
         "sample draws one from this range (InstructPix2Pix: 0.1 to 0.9)")
@@ -55,12 +59,16 @@ class PromptToPrompt(PairRenderer):
     Options = PromptToPromptOptions
 
     def draws(self, rng: random.Random) -> dict[str, Any]:
-        return {"self_fraction": draw(rng, self.options.self_fraction)}
+        fraction = draw(rng, self.options.self_fraction)  # drawn either way: same seeds
+        return {"self_fraction": fraction if self.options.control else 0.0}
 
     def plan(self, triplet: dict[str, Any]) -> dict[str, Any]:
         from editkit.diffusion import alignment
 
         opts = self.options
+        if not opts.control:
+            return {"settings": {"control": False, "cross": "none", "cross_fraction": 0.0,
+                                 "local_blend": False}}
         tokenizer = self.pipeline().tokenizer
         length = tokenizer.model_max_length
         before, after = triplet["input"], triplet["output"]
@@ -122,7 +130,7 @@ class PromptToPrompt(PairRenderer):
         if any("reweight" in p for p in plans):
             reweight = torch.stack([p.get("reweight", torch.ones(length)) for p in plans])
         collector = None
-        if opts.local_blend:
+        if opts.local_blend and opts.control:
             collector = WordMaps(torch.stack([torch.stack(p["blend"]) for p in plans]))
         control = Control(
             self_steps=[round(s.settings["self_fraction"] * opts.steps) for s in samples],

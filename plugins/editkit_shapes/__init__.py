@@ -25,3 +25,10 @@ def register_models(register):
     that is missing (a build without weights) resolves to a clear error, not a hub lookup."""
     for name in MODEL_NAMES:
         register(name, MODELS / name)
+
+
+@hookimpl
+def register_judges(register):
+    from .judge import ShapesJudge
+
+    register(ShapesJudge)

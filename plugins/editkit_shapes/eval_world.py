@@ -106,7 +106,7 @@ def main() -> None:
     with torch.no_grad():
         recon = []
         for scene in scenes:
-            x = torch.from_numpy(np.asarray(draw(scene))).permute(2, 0, 1)[None].float()
+            x = torch.from_numpy(np.array(draw(scene))).permute(2, 0, 1)[None].float()
             latent = pipe.vae.encode(x / 127.5 - 1).latent_dist.mean
             out = pipe.vae.decode(latent).sample[0].clamp(-1, 1)
             recon.append(pipe.image_processor.postprocess(out[None])[0])

@@ -26,6 +26,13 @@ def test_hook_register_trainers(cli):
     assert trainer["distribution"] == "editkit-testkit" and trainer["version"] == "0.3.0"
 
 
+def test_hook_register_judges(cli):
+    rows = json.loads(cli("plugins", "--json", plugins=["testkit"]).stdout)
+    assert any(r["name"] == "painted" and r["kind"] == "judge" for r in rows)
+    listed = cli("plugins", plugins=["testkit"]).stdout
+    assert any(line.split()[:2] == ["painted", "judge"] for line in listed.splitlines())
+
+
 def test_hook_register_commands(cli):
     assert "testkit-hello" in cli("--help", plugins=["testkit"]).stdout
     result = cli("testkit-hello", "world", plugins=["testkit"])
@@ -119,3 +126,19 @@ def test_registered_model_without_its_folder_is_one_clear_line(cli, tmp_path):
     assert ("built-in model 'testkit-missing' (from editkit_testkit): its folder "
             in result.stderr)
     assert "no-such-model does not exist" in result.stderr
+
+
+def test_a_judge_needs_all_three_methods():
+    import editkit.plugins as plugins
+    from editkit.kinds import NAME_PATTERN, Judge, PluginOptions
+
+    class PairsOnly(Judge):
+        name = "pairs-only"
+        Options = PluginOptions
+
+        def pair(self, record, before, after):
+            ...
+
+    PairsOnly.held_out = None
+    assert plugins._contract_problem(PairsOnly, Judge, NAME_PATTERN) == \
+        "a judge needs a `held_out` method"

@@ -132,3 +132,20 @@ def test_alignments():
     kept = [p for w, span in zip(words.words, words.positions) for p in span if w == "car"]
     assert all(alpha[p] == 1 and index[p] == p for p in kept)
     assert alignment.changed_words("a red car", "a blue car") == ["red", "blue"]
+
+
+def test_control_off_renders_the_two_prompts_independently_from_the_same_noise():
+    """`control: false` (the broken-on-purpose baseline): the after-image is what the
+    output caption renders alone from that seed. (Tiny random models attend almost
+    uniformly, so what control changes is measured in the shapes world, not here.)"""
+    reverse = {**SWAP, "input": SWAP["output"], "output": SWAP["input"]}
+    off = render(make(control=False, cross="replace", local_blend=True), SWAP)
+    alone = render(make(control=False), reverse)
+    for pair, other in zip(off, alone):
+        assert np.abs(pixels(pair["after"]) - pixels(other["before"])).max() <= 1
+        s = pair["settings"]
+        assert s["control"] is False and s["cross"] == "none" and s["self_fraction"] == 0.0
+        assert "mask" not in pair
+    on = render(make(cross="replace", local_blend=True), SWAP)
+    assert all(o["settings"]["self_fraction"] > 0 and o["settings"]["cross"] == "replace"
+               and "mask" in o for o in on)

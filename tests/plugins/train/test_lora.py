@@ -153,3 +153,15 @@ def test_no_change_instructions_name_something_absent_from_the_input(tmp_path):
     # the dog is absent from a photo of a car; adding a tree would be a real edit
     assert picks == {"remove the dog"}
     assert task._absent_instruction(Row("d", "x", img, img, caption=""), rng) is None
+
+
+def test_zero_steps_exports_the_untrained_start_point(pairs, tmp_path):
+    """`train.options.steps=0` (the broken-on-purpose baseline): the weights are the base's,
+    with the widened image channels still zero, so the editor ignores its input image."""
+    from safetensors.torch import load_file
+
+    result = train_lora(pairs, tmp_path / "train", base="tiny-sd", steps=0,
+                        validation_images=0)
+    assert result["steps"] == 0 and result["last_loss"] is None
+    conv = load_file(tmp_path / "train" / "final" / "conv_in.safetensors")
+    assert conv["weight"].shape[1] == 8 and conv["weight"][:, 4:].abs().max() == 0
