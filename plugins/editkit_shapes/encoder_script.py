@@ -63,6 +63,14 @@ def optimiser(model: Any, lr: float, weight_decay: float, steps: int) -> tuple[A
         adam, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
 
 
+def update(adam: Any, schedule: Any, loss: Any) -> None:
+    """One optimiser step on `loss`, then the schedule's."""
+    adam.zero_grad(set_to_none=True)
+    loss.backward()
+    adam.step()
+    schedule.step()
+
+
 def pixel_values(processor: Any, images: list[Any], chunk: int = 512) -> Any:
     """The processor's own normalisation, so training sees what the filters will feed in."""
     import torch

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .encoder_script import finish, optimiser, pixel_values, print_table, run, start
+from .encoder_script import (finish, optimiser, pixel_values, print_table, run, start,
+                             update)
 from .pairs import BROKEN, broken_afters, drawn, world_pairs
 from .train_world import world_words
 
@@ -66,6 +67,7 @@ def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 2000, batch:
                     direction_weight=direction_weight, threads=threads)
     out, started = start(out, seed, threads)
     data = world_pairs(pairs, TRAIN_SEED + seed)
+    batch = min(batch, len(data))  # a smoke run with fewer pairs than a batch
     model, processor = build_clip(out)
     pixels = pixel_values(processor, drawn([p.before for p in data] + [p.after for p in data]))
     captions = [p.before.caption() for p in data] + [p.after.caption() for p in data]
@@ -89,10 +91,7 @@ def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 2000, batch:
         text_step = output.text_embeds[batch:] - output.text_embeds[:batch]
         direction = 1 - F.cosine_similarity(image_step, text_step, dim=-1).mean()
         loss = contrastive + direction_weight * direction
-        adam.zero_grad(set_to_none=True)
-        loss.backward()
-        adam.step()
-        schedule.step()
+        update(adam, schedule, loss)
         if step % 100 == 0 or step == steps - 1:
             print(f"[{time.time() - started:6.1f}s] step {step} contrastive "
                   f"{contrastive.item():.4f} direction {direction.item():.4f}", flush=True)

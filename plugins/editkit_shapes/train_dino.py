@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .encoder_script import finish, optimiser, pixel_values, print_table, run, start
+from .encoder_script import (finish, optimiser, pixel_values, print_table, run, start,
+                             update)
 from .pairs import drawn, moved, world_pairs
 from .world import COLUMNS, ROWS, Scene, random_scene
 
@@ -87,6 +88,7 @@ def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 1200, batch:
     out, started = start(out, seed, threads)
     rng = random.Random(f"editkit-shapes-dino-train:{seed}")
     data = world_pairs(pairs, TRAIN_SEED + seed)
+    batch = min(batch, len(data))  # a smoke run with fewer pairs than a batch
     model, processor = build_dino()
     scenes = ([p.before for p in data] + [p.after for p in data]
               + [moved(p.before, rng) for p in data])
@@ -112,10 +114,7 @@ def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 1200, batch:
                        + F.cross_entropy(positive @ torch.cat([anchor, hard]).T / temperature,
                                          targets)) / 2
         loss = layout_weight * layout + (contrastive if step >= layout_steps else 0.0)
-        adam.zero_grad(set_to_none=True)
-        loss.backward()
-        adam.step()
-        schedule.step()
+        update(adam, schedule, loss)
         if step % 100 == 0 or step == steps - 1:
             print(f"[{time.time() - started:6.1f}s] step {step} contrastive "
                   f"{contrastive.item():.4f} layout {layout.item():.4f}", flush=True)
