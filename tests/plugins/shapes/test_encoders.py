@@ -88,8 +88,8 @@ def _kept(plugin, records) -> dict[str, float]:
 
 
 def test_clip_filter_keeps_true_pairs_and_drops_broken_ones(tmp_path):
-    # the thresholds the report recommends for this model (held out, 300 pairs: true 0.99
-    # kept, wrong edit 0.13, unrelated 0.01, unchanged 0). Image similarity is left out: in a
+    # the thresholds the report recommends for this model (held out, 300 pairs: true 1.00
+    # kept, wrong edit 0.12, unrelated 0.003, unchanged 0). Image similarity is left out: in a
     # 64 px world one edited attribute is much of the picture, so CLIP_im of true edits spreads
     # from about -0.3 (a shape added) to 0.9 (a kind changed) and separates nothing
     options = ClipFilter.Options(model="shapes-clip", device="cpu", min_text=0.8,
