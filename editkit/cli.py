@@ -29,13 +29,16 @@ def cli() -> None:
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(as_json: bool) -> None:
-    """List installed plugins: name, kind, package, version."""
+    """List installed plugins and the model folders they ship: name, kind, package, version."""
     from .plugins import registry
 
     reg = registry()
     rows = [{"name": p.name, "kind": p.kind, "package": p.package,
              "distribution": p.distribution, "version": p.version, "builtin": p.builtin}
             for p in sorted(reg.plugins.values(), key=lambda p: (p.kind, p.name))]
+    rows += [{"name": m.name, "kind": "model", "package": m.package,
+              "distribution": m.distribution, "version": m.version, "builtin": m.builtin,
+              "folder": m.folder} for m in sorted(reg.models.values(), key=lambda m: m.name)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

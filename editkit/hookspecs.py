@@ -30,6 +30,11 @@ def register_trainers(register: Callable[[type], Any]) -> None:
 
 
 @hookspec
+def register_models(register: Callable[[str, Any], Any]) -> None:
+    """Register named model folders (`register(name, folder)`) that model references resolve."""
+
+
+@hookspec
 def register_judges(register: Callable[[type], Any]) -> None:
     """Register judge classes: they score pairs and edits against a domain's truth."""
 

@@ -36,12 +36,20 @@ class ModelRef:
 
 
 def builtin_names() -> list[str]:
+    """The tiny test models and every model folder a plugin registers (`register_models`)."""
     from .testing.tiny import BUILDERS
 
-    return sorted(BUILDERS)
+    return sorted({*BUILDERS, *_registered_models()})
+
+
+def _registered_models() -> dict[str, Any]:
+    from .plugins import registry
+
+    return registry().models
 
 
 def resolve(ref: str | Path) -> ModelRef:
+    """What a model reference names: a local folder, a built-in, or a hub id (no torch)."""
     text = str(ref).strip()
     if not text:
         raise ModelError("empty model reference", "give a hub id (org/name) or a local folder")
@@ -51,16 +59,32 @@ def resolve(ref: str | Path) -> ModelRef:
             raise ModelError(f"model '{text}' is a file, not a model folder",
                              "pass the folder that holds model_index.json or config.json")
         return ModelRef(text, "local", str(path.resolve()))
-    if text in builtin_names():
+    from .testing.tiny import BUILDERS
+
+    if text in BUILDERS:
         from .testing.tiny import tiny_model
 
         return ModelRef(text, "builtin", str(tiny_model(text)))
     if HUB_ID.match(text):
         return ModelRef(text, "hub", text)
+    registered = _registered_models().get(text)
+    if registered is not None:
+        return ModelRef(text, "builtin", _registered_folder(registered))
     raise ModelError(
         f"model '{text}' is not a local folder, a hub id (org/name) or a built-in model",
         f"built-ins: {', '.join(builtin_names())}",
     )
+
+
+def _registered_folder(info: Any) -> str:
+    """The folder a plugin registered for a name, if it holds a checkpoint."""
+    folder = Path(info.folder)
+    if not any((folder / marker).is_file() for marker in ("config.json", "model_index.json")):
+        state = "is incomplete" if folder.is_dir() else "does not exist"
+        raise ModelError(
+            f"built-in model '{info.name}' (from {info.package}): its folder {folder} {state}",
+            "reinstall the package that provides it, or pass a local model folder")
+    return str(folder.resolve())
 
 
 def pick_device(preference: str = "auto") -> str:

@@ -9,6 +9,7 @@ third-party plugins load; an empty value loads only the built-ins.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -19,6 +20,7 @@ from . import hookspecs
 from .errors import PluginError
 
 BUILTIN_DIST = "editkit"
+NAME = re.compile(r"^[a-z0-9][a-z0-9.]*(-[a-z0-9.]+)*$")
 ENTRY_POINT_GROUP = "editkit"
 
 
@@ -36,9 +38,25 @@ class PluginInfo:
         return self.distribution == BUILTIN_DIST
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """A named model folder a plugin ships (`register_models`), resolvable like a built-in."""
+
+    name: str
+    folder: str
+    package: str
+    distribution: str
+    version: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DIST
+
+
 @dataclass
 class Registry:
     plugins: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
 
@@ -161,9 +179,41 @@ def registry() -> Registry:
                 impl.function(register)
             except Exception as exc:
                 reg.errors.append(f"Error loading plugin '{label}': {type(exc).__name__}: {exc}")
+    _register_models(pm, reg)
     reg.errors = list(_load_errors) + reg.errors
     _registry = reg
     return reg
+
+
+def _register_models(pm: pluggy.PluginManager, reg: Registry) -> None:
+    """Named model folders from `register_models`; a name taken twice is a conflict."""
+    from .testing.tiny import BUILDERS  # torch-free: the builders import torch when called
+
+    for impl in pm.hook.register_models.get_hookimpls():
+        dist, version = _dists.get(impl.plugin_name, ("unknown", "0"))
+        package = getattr(impl.plugin, "__name__", impl.plugin_name)
+        label = dist if _canonical(dist) != BUILTIN_DIST else package
+
+        def register(name: str, folder: Any, _label=label, _pkg=package, _dist=dist,
+                     _version=version) -> None:
+            if not isinstance(name, str) or not NAME.match(name):
+                raise PluginError(f"model name must be lowercase and hyphenated, got {name!r}")
+            if name in BUILDERS:
+                reg.conflicts.append(f"two plugins provide model '{name}': 'editkit.testing' "
+                                     f"and '{_label}'")
+                return
+            if name in reg.models:
+                first = reg.models[name]
+                first_label = first.distribution if not first.builtin else first.package
+                reg.conflicts.append(f"two plugins provide model '{name}': '{first_label}' "
+                                     f"and '{_label}'")
+                return
+            reg.models[name] = ModelInfo(name, str(folder), _pkg, _dist, _version)
+
+        try:
+            impl.function(register)
+        except Exception as exc:
+            reg.errors.append(f"Error loading plugin '{label}': {type(exc).__name__}: {exc}")
 
 
 def _contract_problem(cls: Any, base: type, pattern: Any) -> str | None:

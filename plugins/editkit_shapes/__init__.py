@@ -4,7 +4,12 @@
 captions; `oracle` reads the attributes back from any image of the world.
 """
 
+from pathlib import Path
+
 from editkit import hookimpl
+
+MODELS = Path(__file__).parent / "models"
+MODEL_NAMES = ("shapes-sd", "shapes-clip", "shapes-dino")
 
 
 @hookimpl
@@ -12,6 +17,14 @@ def register_caption_generators(register):
     from .captions import ShapesCaptions
 
     register(ShapesCaptions)
+
+
+@hookimpl
+def register_models(register):
+    """The world's text-to-image model, CLIP and DINOv2, shipped as package data; a folder
+    that is missing (a build without weights) resolves to a clear error, not a hub lookup."""
+    for name in MODEL_NAMES:
+        register(name, MODELS / name)
 
 
 @hookimpl

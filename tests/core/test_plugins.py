@@ -106,6 +106,28 @@ def test_plugin_breaking_the_contract_is_reported(tmp_path):
     assert "forbid extra fields" in problem
 
 
+def test_hook_register_models(cli):
+    rows = json.loads(cli("plugins", "--json", plugins=["testkit"]).stdout)
+    model = next(r for r in rows if r["name"] == "testkit-missing")
+    assert model["kind"] == "model" and model["distribution"] == "editkit-testkit"
+    assert model["folder"].endswith("no-such-model")
+    shipped = {r["name"]: r for r in rows if r["kind"] == "model" and r["builtin"]}
+    assert {"shapes-clip", "shapes-dino", "shapes-sd"} <= set(shipped)
+    assert shipped["shapes-clip"]["package"] == "editkit_shapes"
+
+
+def test_registered_model_without_its_folder_is_one_clear_line(cli, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "in.png")
+    result = cli("edit", "in.png", "make it blue", "--model", "testkit-missing",
+                 plugins=["testkit"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert ("built-in model 'testkit-missing' (from editkit_testkit): its folder "
+            in result.stderr)
+    assert "no-such-model does not exist" in result.stderr
+
+
 def test_a_judge_needs_all_three_methods():
     import editkit.plugins as plugins
     from editkit.kinds import NAME_PATTERN, Judge, PluginOptions
