@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 QUICK = ["captions.count=120", "train.options.steps=400", "evaluate.judge.count=48"]
-ZERO_FILTERS = ["filters.0.options.min_image=0", "filters.0.options.min_direction=-1",
+ZERO_FILTERS = ["filters.0.options.min_image=-1", "filters.0.options.min_direction=-1",
                 "filters.0.options.min_text=-1", "filters.0.options.keep_top=null",
                 "filters.1.options.min_similarity=-1"]
 VARIANTS = {  # name: (overrides, the number it must lower)

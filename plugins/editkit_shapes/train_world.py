@@ -24,8 +24,11 @@ CAPTION_DROP = 0.1
 # DDPM's linear schedule, not Stable Diffusion's scaled one: at 16x16 latents SD's last step
 # still holds 7% of the signal, so the sampler's pure noise fixes the mean colour (the
 # background) and the layout before the prompt can; here the last step keeps 0.6%.
+# And v-prediction: with epsilon-prediction the loss at high noise barely depends on the
+# caption (the noise is the input), so the first sampling steps, which fix the background
+# and the layout, ignored it.
 NOISE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001,
-         "beta_end": 0.02}
+         "beta_end": 0.02, "prediction_type": "v_prediction"}
 
 
 def world_words() -> list[str]:
@@ -181,9 +184,10 @@ def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps:
         noisy = noise_scheduler.add_noise(x0, noise, t)
         hidden = text_encoder(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        # min-SNR-5 weighting: converges faster than plain epsilon MSE on small budgets
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        target = noise_scheduler.get_velocity(x0, noise, t)
+        # min-SNR-5 weighting (for v-prediction): converges faster on small budgets
+        weight = torch.clamp(snr[t], max=5.0) / (snr[t] + 1)
+        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -261,16 +265,21 @@ def train(out: Path, seed: int = 0, images: int = 16000,
         train_vae(models["vae"], data, vae_steps[phase], batch, log, lr=2e-3 / 2 ** phase)
         models["vae"].save_pretrained(vae_cache)
     vae_time = time.time() - started
-    with torch.no_grad():
-        latents = torch.cat([models["vae"].encode(_to_float(data[i:i + 256])).latent_dist.mode()
-                             for i in range(0, len(data), 256)])
+    latent_cache = vae_cache.parent / f"{vae_cache.name}-latents.pt"
+    if latent_cache.exists():
+        latents = torch.load(latent_cache)
+    else:
+        with torch.no_grad():
+            latents = torch.cat([models["vae"].encode(_to_float(data[i:i + 256]))
+                                 .latent_dist.mode() for i in range(0, len(data), 256)])
+        torch.save(latents, latent_cache)
     scale = float(1.0 / latents.std())
     models["vae"].register_to_config(scaling_factor=scale)
     latents = latents * scale
     log(f"latents {tuple(latents.shape)} scaling_factor {scale:.4f}")
     def save(folder: Path) -> None:
         sampler = DDIMScheduler(**NOISE, clip_sample=False, set_alpha_to_one=False,
-                                steps_offset=1)
+                                steps_offset=1, timestep_spacing="trailing")
         pipe = StableDiffusionPipeline(
             vae=models["vae"], text_encoder=models["text_encoder"],
             tokenizer=models["tokenizer"], unet=models["unet"], scheduler=sampler,

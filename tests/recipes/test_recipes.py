@@ -32,19 +32,22 @@ def test_quickstart_runs_offline_then_edits_with_its_weights_and_reports(cli, tm
     shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
     run = cli("run", "recipes/quickstart.yaml", "captions.count=16", "train.options.steps=8",
               "train.options.validate_every=8", "train.options.checkpoint_every=8",
-              HF_HUB_OFFLINE="1")
+              "evaluate.judge.count=8", HF_HUB_OFFLINE="1")
     assert run.returncode == 0, run.stderr[-2000:]
     folder = tmp_path / "runs/quickstart"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"captions", "render", "filters", "train", "evaluate"}
     metrics = json.loads((folder / "evaluate/metrics.json").read_text())
-    assert [m["label"] for m in metrics["models"]] == ["tiny-ip2p", "runs/quickstart"]
+    # the base, shapes-sd, is text-to-image: only the trained editor is measured
+    assert [m["label"] for m in metrics["models"]] == ["runs/quickstart"]
+    judged = json.loads((folder / "evaluate/judge.json").read_text())
+    assert judged["pairs"]["before_filters"]["pairs"] == 32  # 16 triplets x 2 samples
 
-    edit = cli("edit", "recipes/data/quickstart/street.png", "remove the car", "--model",
+    edit = cli("edit", "recipes/data/quickstart/shapes.png", "make the circle blue", "--model",
                "runs/quickstart", "--size", "64", "--out", "edited.png")
     assert edit.returncode == 0, edit.stderr
     out = Image.open(tmp_path / "edited.png")
-    assert out.size == Image.open(tmp_path / "recipes/data/quickstart/street.png").size
+    assert out.size == Image.open(tmp_path / "recipes/data/quickstart/shapes.png").size
     assert json.loads(out.text["editkit"])["model"]["type"] == "lora"
 
     report = cli("report", "runs/quickstart")
