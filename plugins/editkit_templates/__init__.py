@@ -78,8 +78,8 @@ class TemplateCaptions(IndexedCaptionGenerator):
         kind = rng.choice(opts.edits)
         scene = rng.choice(opts.scenes) if opts.scenes else ""
         low = 2 if kind == "remove" else 1
-        count = rng.randint(low, max(low, opts.max_objects))
-        if kind == "add":
+        count = min(rng.randint(low, max(low, opts.max_objects)), len(opts.subjects))
+        if kind in ("add", "replace"):  # a subject must be left to add or swap in
             count = min(count, len(opts.subjects) - 1)
         subjects = rng.sample(opts.subjects, count)
         objects = [[rng.choice(opts.attributes), s] for s in subjects]

@@ -66,3 +66,10 @@ def test_bad_options_say_what_is_wrong():
         make(max_objects=1)
     with pytest.raises(ValidationError, match="extra"):
         make(colours=["red"])
+
+
+def test_two_subjects_in_every_scene_still_leave_one_to_add_or_swap_in():
+    gen = make(subjects=["car", "house"], attributes=["red", "blue"], max_objects=4)
+    triplets = [gen.triplet(0, i) for i in range(200)]
+    assert {t["edit_kind"] for t in triplets} == {"change", "add", "remove", "replace"}
+    assert all(check_triplet(t) is None for t in triplets)
