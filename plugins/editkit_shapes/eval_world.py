@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .oracle import read_scene, same_scene
+from .train_world import reconstruct
 from .world import Scene, Shape, draw, random_scene
 
 ATTRIBUTES = ("background", "kind", "colour", "size", "position")
@@ -103,14 +104,9 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     scenes = eval_scenes(args.samples, args.seed)
     rows = {"world.draw (oracle)": score_images(scenes, [draw(s) for s in scenes])}
-    with torch.no_grad():
-        recon = []
-        for scene in scenes:
-            x = torch.from_numpy(np.array(draw(scene))).permute(2, 0, 1)[None].float()
-            latent = pipe.vae.encode(x / 127.5 - 1).latent_dist.mean
-            out = pipe.vae.decode(latent).sample[0].clamp(-1, 1)
-            recon.append(pipe.image_processor.postprocess(out[None])[0])
-    rows["vae reconstruction"] = score_images(scenes, recon)
+    drawn = torch.from_numpy(np.stack([np.asarray(draw(s)) for s in scenes]))
+    rows["vae reconstruction"] = score_images(
+        scenes, reconstruct(pipe.vae, drawn.permute(0, 3, 1, 2).float() / 127.5 - 1))
     timings = {}
     for guidance in args.guidance:
         images, seconds = sample(pipe, scenes, args.steps, guidance, args.seed)

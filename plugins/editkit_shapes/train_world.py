@@ -124,23 +124,31 @@ def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int
     vae.eval()
 
 
-def vae_oracle(vae: Any, x: Any) -> float:
-    """Fraction of images whose reconstruction the oracle reads as the original's scene."""
+def reconstruct(vae: Any, x: Any) -> list[Any]:
+    """The VAE's reconstructions of images `x` (N x 3 x H x W in [-1, 1]) as PIL images."""
     import numpy as np
     import torch
     from PIL import Image
-
-    from .oracle import read_scene, same_scene
 
     was = vae.training
     vae.eval()
     with torch.no_grad():
         out = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     vae.train(was)
-    to_image = lambda t: Image.fromarray(  # noqa: E731
-        ((t + 1) * 127.5).round().byte().permute(1, 2, 0).numpy().astype(np.uint8))
-    return float(np.mean([same_scene(read_scene(to_image(a)), read_scene(to_image(b)))
-                          for a, b in zip(x, out)]))
+    pixels = ((out + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    return [Image.fromarray(p) for p in pixels]
+
+
+def vae_oracle(vae: Any, x: Any) -> float:
+    """Fraction of images whose reconstruction the oracle reads as the original's scene."""
+    import numpy as np
+    from PIL import Image
+
+    from .oracle import read_scene, same_scene
+
+    originals = ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    return float(np.mean([same_scene(read_scene(Image.fromarray(a)), read_scene(b))
+                          for a, b in zip(originals, reconstruct(vae, x))]))
 
 
 def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps: int,
