@@ -124,6 +124,26 @@ def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int
     vae.eval()
 
 
+# the posterior's log-variance after `make_deterministic`: diffusers clamps it at -30, so a
+# sample's spread is e^-15 (3e-7), nothing next to latents of spread ~3
+DETERMINISTIC_LOGVAR = -30.0
+
+
+def make_deterministic(vae: Any) -> None:
+    """Give the posterior a variance of (almost) zero, so `latent_dist.sample()` is its mode.
+
+    The VAE is trained on the mode with a KL weight too small to shape the variance, which
+    stays near 1: a trainer that samples the posterior (InstructPix2Pix's target latents, as
+    diffusers' own example does) would then learn from latents with a third of their spread
+    added as noise. The decoder never saw those samples; this makes them the mode it saw."""
+    import torch
+
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:] = 0
+        vae.quant_conv.bias[channels:] = DETERMINISTIC_LOGVAR
+
+
 def reconstruct(vae: Any, x: Any) -> list[Any]:
     """The VAE's reconstructions of images `x` (N x 3 x H x W in [-1, 1]) as PIL images."""
     import numpy as np
@@ -272,6 +292,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
             continue
         train_vae(models["vae"], data, vae_steps[phase], batch, log, lr=2e-3 / 2 ** phase)
         models["vae"].save_pretrained(vae_cache)
+    make_deterministic(models["vae"])
     vae_time = time.time() - started
     latent_cache = vae_cache.parent / f"{vae_cache.name}-latents.pt"
     if latent_cache.exists():
