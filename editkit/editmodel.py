@@ -125,6 +125,26 @@ def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
     unet.register_to_config(in_channels=in_channels)
 
 
+def _check_lora_loaded(unet: Any, spec: EditModelSpec) -> None:
+    """Every UNet layer the LoRA file holds is on the UNet: `load_lora_weights` only warns
+    when keys it cannot place are left over (a file saved half in diffusers' old format)."""
+    from safetensors import safe_open
+
+    with safe_open(str(spec.lora), "pt") as f:
+        wanted = sum(1 for k in f.keys()
+                     if k.startswith("unet.") and any(d in k for d in _LORA_DOWN))
+    loaded = sum(1 for m in unet.modules() if len(getattr(m, "lora_A", ()) or ()) > 0)
+    if loaded < wanted:
+        raise ModelError(
+            f"LoRA {spec.lora}: only {loaded} of its {wanted} UNet layers loaded onto "
+            f"'{spec.pipeline.ref}'",
+            "retrain with this editkit (older ones saved LoRAs on convolutions half in "
+            "diffusers' old key format), or check that it was trained on this base (--base)")
+
+
+_LORA_DOWN = (".lora_A.", ".lora.down.", ".lora_down.", ".lora_linear_layer.down.")
+
+
 def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto",
                        base: str | None = None) -> tuple[Any, EditModelSpec]:
     """The InstructPix2Pix pipeline for `ref`, on the chosen device, and what it was."""
@@ -155,5 +175,6 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
             raise ModelError(f"could not load LoRA {spec.lora} onto '{spec.pipeline.ref}': "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                              "check that the LoRA was trained on this base (--base)") from exc
+        _check_lora_loaded(pipe.unet, spec)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), spec

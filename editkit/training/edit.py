@@ -357,14 +357,12 @@ class EditTask:
 
         unet = self.parts.unet
         if self.lora is not None:
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-            layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
+            from editkit.training.unet import lora_layers
+
             StableDiffusionInstructPix2PixPipeline.save_lora_weights(
-                folder, unet_lora_layers=layers, safe_serialization=True)
+                folder, unet_lora_layers=lora_layers(unet), safe_serialization=True)
             conv_in = None
             if self.train_conv_in:
                 conv_in = "conv_in.safetensors"

@@ -46,3 +46,17 @@ def load_components(base: str, *, edit: bool = True) -> Components:
 def conv_in_state(unet: Any) -> dict[str, Any]:
     return {"weight": unet.conv_in.weight.detach().float().cpu().contiguous(),
             "bias": unet.conv_in.bias.detach().float().cpu().contiguous()}
+
+
+def lora_layers(module: Any) -> dict[str, Any]:
+    """`module`'s LoRA weights in peft's own key format, for `save_lora_weights`.
+
+    Not through `convert_state_dict_to_diffusers`, as diffusers' example trainers do: that
+    renames only the attention projections (to_q.lora_A -> to_q.lora.down), so a LoRA that
+    also targets convolutions or time embeddings is saved half in each format, and
+    `load_lora_weights`, seeing peft keys, silently drops the renamed half (a warning, no
+    error). Peft's keys load as they are, whatever the targets."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(module).items()}

@@ -249,16 +249,11 @@ class DreamBoothTask:
         o = self.options
         info = {"task": "text-to-image", "base": o.base, "instance_prompt": o.instance_prompt}
         if o.mode == "lora":
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            def layers(module: Any) -> dict[str, Any]:
-                state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
-                return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+            from editkit.training.unet import lora_layers
 
             StableDiffusionPipeline.save_lora_weights(
-                folder, unet_lora_layers=layers(self.parts.unet),
-                text_encoder_lora_layers=(layers(self.parts.text_encoder)
+                folder, unet_lora_layers=lora_layers(self.parts.unet),
+                text_encoder_lora_layers=(lora_layers(self.parts.text_encoder)
                                           if o.train_text_encoder else None),
                 safe_serialization=True)
             return {"type": "lora", "lora": "pytorch_lora_weights.safetensors",

@@ -165,3 +165,48 @@ def test_zero_steps_exports_the_untrained_start_point(pairs, tmp_path):
     assert result["steps"] == 0 and result["last_loss"] is None
     conv = load_file(tmp_path / "train" / "final" / "conv_in.safetensors")
     assert conv["weight"].shape[1] == 8 and conv["weight"][:, 4:].abs().max() == 0
+
+
+CONV_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj",
+                "proj_in", "proj_out"]
+
+
+def test_lora_on_convolutions_loads_every_layer_it_trained(pairs, tmp_path):
+    """A LoRA on the ResNet convolutions too: every trained layer reaches the loaded editor
+    (diffusers' own key conversion renamed only the attention half, which then was dropped)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from editkit.editmodel import load_edit_pipeline
+
+    train_lora(pairs, tmp_path / "train", base="tiny-sd", steps=3, checkpoint_every=3,
+               validation_images=0, target_modules=CONV_TARGETS)
+    final = tmp_path / "train" / "final"
+    saved = load_file(final / "pytorch_lora_weights.safetensors")
+    kinds = {k.split(".lora_")[0].split(".")[-1] for k in saved}
+    assert {"to_q", "conv1", "conv2", "time_emb_proj"} <= kinds
+    pipe, _ = load_edit_pipeline(final, device="cpu")
+    params = dict(pipe.unet.named_parameters())
+    (adapter,) = pipe.unet.peft_config
+    for key, value in saved.items():
+        name = key.removeprefix("unet.")
+        for part in ("lora_A", "lora_B"):
+            name = name.replace(f".{part}.", f".{part}.{adapter}.")
+        assert name in params, f"{key} did not load"
+        assert torch.allclose(params[name].float(), value.float()), key
+
+
+def test_a_lora_that_loads_only_in_part_is_an_error(pairs, tmp_path):
+    """The half-converted files older trainers wrote: refused with a one-line error."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors.torch import load_file, save_file
+
+    from editkit.editmodel import load_edit_pipeline
+    from editkit.errors import ModelError
+
+    train_lora(pairs, tmp_path / "train", base="tiny-sd", steps=1, checkpoint_every=1,
+               validation_images=0, target_modules=CONV_TARGETS)
+    lora = tmp_path / "train" / "final" / "pytorch_lora_weights.safetensors"
+    save_file(convert_state_dict_to_diffusers(load_file(lora)), lora)
+    with pytest.raises(ModelError, match=r"only \d+ of its \d+ UNet layers loaded"):
+        load_edit_pipeline(tmp_path / "train" / "final", device="cpu")
