@@ -20,7 +20,7 @@ from .loop import seed_for
 from .memory import ModelSize, model_size
 from .options import TrainOptions
 from .tracker import Tracker
-from .unet import Components, conv_in_state, load_components
+from .unet import Components, conv_in_state, diffusion_loss, load_components
 
 # Words that say what to do, not what to do it to: skipped when looking for the edit's object.
 _VERBS = set("""a an the of and with in on at to for from into it them this that there make
@@ -230,7 +230,6 @@ class EditTask:
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
         import torch
-        import torch.nn.functional as F
 
         rng = random.Random(seed_for(self.seed, micro, rank, 1))
         generator = torch.Generator().manual_seed(seed_for(self.seed, micro, rank, 2))
@@ -264,7 +263,7 @@ class EditTask:
         model_input = torch.cat([noisy, image_latents], dim=1)
         unet_dtype = next(p for p in self.parts.unet.parameters()).dtype
         pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
-        return F.mse_loss(pred.float(), goal.float())
+        return diffusion_loss(scheduler, pred, goal, timesteps, o.snr_gamma)
 
     # --- validation and export --------------------------------------------------------------
 

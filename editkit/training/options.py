@@ -40,6 +40,11 @@ class TrainOptions(PluginOptions):
     ema_decay: float = Field(0.9999, gt=0, lt=1)
     ema_on_cpu: bool = Field(False, description="keep the EMA copy in CPU memory")
     random_flip: bool = True
+    snr_gamma: float | None = Field(
+        None, gt=0, description="min-SNR loss weighting (Hang et al. 2023): each timestep's "
+                                "loss weighted by min(SNR, gamma)/SNR (epsilon) or "
+                                "/(SNR+1) (v-prediction); 5 is the paper's value; "
+                                "default: unweighted")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="last N checkpoints kept")
     validate_every: int = Field(0, ge=0, description="0: validate only after the last step")

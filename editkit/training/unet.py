@@ -60,3 +60,22 @@ def lora_layers(module: Any) -> dict[str, Any]:
 
     return {k: v.detach().float().cpu().contiguous()
             for k, v in get_peft_model_state_dict(module).items()}
+
+
+def diffusion_loss(scheduler: Any, pred: Any, goal: Any, timesteps: Any,
+                   snr_gamma: float | None) -> Any:
+    """Mean squared error of `pred` against `goal` (noise or velocity), per example weighted
+    by min-SNR-gamma when `snr_gamma` is set: the low-noise steps, easy and many, stop
+    drowning out the ones that decide layout and colour, and small budgets converge faster."""
+    import torch
+    import torch.nn.functional as F
+
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), goal.float())
+    alphas = scheduler.alphas_cumprod.to(pred.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=snr_gamma)
+    weight = weight / (snr + 1) if scheduler.config.prediction_type == "v_prediction" \
+        else weight / snr
+    per_example = ((pred.float() - goal.float()) ** 2).mean(dim=tuple(range(1, pred.dim())))
+    return (weight * per_example).mean()

@@ -15,6 +15,7 @@ from editkit.training.edit import _to_tensor
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize
 from editkit.training.tracker import Tracker
+from editkit.training.unet import diffusion_loss
 from editkit.training.unet import load_components
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -161,7 +162,6 @@ class DreamBoothTask:
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
         import torch
-        import torch.nn.functional as F
 
         o = self.options
         rng = random.Random(seed_for(self.seed, micro, rank, 1))
@@ -193,9 +193,10 @@ class DreamBoothTask:
                      self._ids([row.prompt for row in examples])).float()
         goal = goal.float()
         n = len(rows)
-        loss = F.mse_loss(pred[:n], goal[:n])
+        loss = diffusion_loss(scheduler, pred[:n], goal[:n], timesteps[:n], o.snr_gamma)
         if self.class_rows:
-            loss = loss + o.prior_loss_weight * F.mse_loss(pred[n:], goal[n:])
+            loss = loss + o.prior_loss_weight * diffusion_loss(
+                scheduler, pred[n:], goal[n:], timesteps[n:], o.snr_gamma)
         return loss
 
     def pipeline(self) -> Any:

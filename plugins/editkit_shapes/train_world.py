@@ -6,7 +6,8 @@ Why these choices: the world is 64 px of flat colours, so a VAE with two downsam
 with the UNet from scratch on the world's own vocabulary; captions are dropped 10% of the
 time so classifier-free guidance can sharpen the prompted attributes at sampling time.
 
-    python -m editkit_shapes.train_world OUT [--seed 0] [--vae-steps 1500+1000] [--unet-steps 700]
+    python -m editkit_shapes.train_world OUT [--seed 0] [--vae-steps 1500+800] \
+        [--unet-steps 4000+12000] [--snapshot-every 2000]
 """
 
 from __future__ import annotations
@@ -260,7 +261,8 @@ class swapped:
 
 
 def train(out: Path, seed: int = 0, images: int = 16000,
-          vae_steps: tuple[int, ...] = (1500, 800), unet_steps: tuple[int, ...] = (4000,),
+          vae_steps: tuple[int, ...] = (1500, 800),
+          unet_steps: tuple[int, ...] = (4000, 12000),
           batch: int = 32, lr: float = 1e-3, threads: int = 1, snapshot_every: int = 0) -> dict:
     """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats."""
     import torch
@@ -354,7 +356,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=lambda v: tuple(int(n) for n in v.split("+")),
                         default=(1500, 800), help="steps of each VAE phase, like 1500+1000")
     parser.add_argument("--unet-steps", type=lambda v: tuple(int(n) for n in v.split("+")),
-                        default=(4000,), help="steps of each UNet phase, like 4000+2000")
+                        default=(4000, 12000), help="steps of each UNet phase, like 4000+2000")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)

@@ -65,7 +65,8 @@ def test_lora_dreambooth_with_prior_preservation_and_text_encoder(tmp_path):
 
 def test_full_dreambooth_writes_a_pipeline_and_reuses_cached_class_images(tmp_path):
     instance_photos(tmp_path / "dog")
-    train(tmp_path, mode="full", steps=1, checkpoint_every=1, samples_per_prompt=0)
+    train(tmp_path, mode="full", steps=1, checkpoint_every=1, samples_per_prompt=0,
+          snr_gamma=5.0)
     stamp = (tmp_path / "train" / "class_images" / "class-00000.png").stat().st_mtime_ns
     assert json.loads((tmp_path / "train" / "final" / "editkit_weights.json").read_text())[
         "type"] == "pipeline"

@@ -127,7 +127,7 @@ def test_bf16_cached_latents_no_change_and_cosine_schedule_train_together(pairs,
     result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=2,
                         checkpoint_every=2, mixed_precision="bf16", cache_latents=True,
                         no_change_fraction=0.5, lr_scheduler="cosine", warmup_steps=1,
-                        validation_images=0)
+                        snr_gamma=5.0, validation_images=0)
     assert result["steps"] == 2 and np.isfinite(result["last_loss"])
     log = (tmp_path / "train" / "log.txt").read_text()
     assert "cache_latents: crops are centred" in log

@@ -111,3 +111,23 @@ def test_out_of_memory_advice_names_changes_that_fit():
     big = estimate(sd, options)
     state = ("weights", "gradients", "optimizer")
     assert sum(small[k] for k in state) < 0.25 * sum(big[k] for k in state)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_matches_its_formula(prediction):
+    import torch
+    from diffusers import DDPMScheduler
+
+    from editkit.training.unet import diffusion_loss
+
+    scheduler = DDPMScheduler(prediction_type=prediction)
+    pred, goal = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([5, 500, 990])
+    plain = diffusion_loss(scheduler, pred, goal, t, None)
+    assert torch.isclose(plain, ((pred - goal) ** 2).mean())
+    a = scheduler.alphas_cumprod[t]
+    snr = a / (1 - a)
+    weight = torch.clamp(snr, max=5.0) / (snr + 1 if prediction == "v_prediction" else snr)
+    per = ((pred - goal) ** 2).mean(dim=(1, 2, 3))
+    assert torch.isclose(diffusion_loss(scheduler, pred, goal, t, 5.0), (weight * per).mean())
+    assert weight[0] < 1 and weight[2] <= 1  # the easy low-noise step counts for less
