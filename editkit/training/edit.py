@@ -20,7 +20,7 @@ from .loop import seed_for
 from .memory import ModelSize, model_size
 from .options import TrainOptions
 from .tracker import Tracker
-from .unet import Components, conv_in_state, diffusion_loss, load_components
+from .unet import Components, conv_in_state, diffusion_loss, load_components, lora_layers
 
 # Words that say what to do, not what to do it to: skipped when looking for the edit's object.
 _VERBS = set("""a an the of and with in on at to for from into it them this that there make
@@ -357,8 +357,6 @@ class EditTask:
         unet = self.parts.unet
         if self.lora is not None:
             from safetensors.torch import save_file
-
-            from editkit.training.unet import lora_layers
 
             StableDiffusionInstructPix2PixPipeline.save_lora_weights(
                 folder, unet_lora_layers=lora_layers(unet), safe_serialization=True)

@@ -65,8 +65,9 @@ def lora_layers(module: Any) -> dict[str, Any]:
 def diffusion_loss(scheduler: Any, pred: Any, goal: Any, timesteps: Any,
                    snr_gamma: float | None) -> Any:
     """Mean squared error of `pred` against `goal` (noise or velocity), per example weighted
-    by min-SNR-gamma when `snr_gamma` is set: the low-noise steps, easy and many, stop
-    drowning out the ones that decide layout and colour, and small budgets converge faster."""
+    by min-SNR-gamma when `snr_gamma` is set: the easy low-noise steps count for less. With
+    v-prediction the weight also falls towards zero at high noise (BENCHMARKS.md: it hurt
+    the shapes editor, which learns to keep its input's background there)."""
     import torch
     import torch.nn.functional as F
 

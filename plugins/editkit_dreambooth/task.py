@@ -15,8 +15,7 @@ from editkit.training.edit import _to_tensor
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize
 from editkit.training.tracker import Tracker
-from editkit.training.unet import diffusion_loss
-from editkit.training.unet import load_components
+from editkit.training.unet import diffusion_loss, load_components, lora_layers
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -250,8 +249,6 @@ class DreamBoothTask:
         o = self.options
         info = {"task": "text-to-image", "base": o.base, "instance_prompt": o.instance_prompt}
         if o.mode == "lora":
-            from editkit.training.unet import lora_layers
-
             StableDiffusionPipeline.save_lora_weights(
                 folder, unet_lora_layers=lora_layers(self.parts.unet),
                 text_encoder_lora_layers=(lora_layers(self.parts.text_encoder)
