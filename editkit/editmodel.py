@@ -125,6 +125,10 @@ def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
     unet.register_to_config(in_channels=in_channels)
 
 
+# how a LoRA file names the down half of a layer, in every key format diffusers loads
+_LORA_DOWN = (".lora_A.", ".lora.down.", ".lora_down.", ".lora_linear_layer.down.")
+
+
 def _check_lora_loaded(unet: Any, spec: EditModelSpec) -> None:
     """Every UNet layer the LoRA file holds is on the UNet: `load_lora_weights` only warns
     when keys it cannot place are left over (a file saved half in diffusers' old format)."""
@@ -140,9 +144,6 @@ def _check_lora_loaded(unet: Any, spec: EditModelSpec) -> None:
             f"'{spec.pipeline.ref}'",
             "retrain with this editkit (older ones saved LoRAs on convolutions half in "
             "diffusers' old key format), or check that it was trained on this base (--base)")
-
-
-_LORA_DOWN = (".lora_A.", ".lora.down.", ".lora_down.", ".lora_linear_layer.down.")
 
 
 def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto",
