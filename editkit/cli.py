@@ -113,10 +113,12 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
               help="Hub id, local diffusers folder, run folder, or LoRA .safetensors file.")
 @click.option("--base", default=None, help="Base model for a LoRA file (default: its own).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--guidance", default=7.5, show_default=True, type=float,
-              help="Text guidance scale.")
-@click.option("--image-guidance", default=1.5, show_default=True, type=float,
-              help="How closely to keep the input image.")
+@click.option("--guidance", default=None, type=float,
+              help="Text guidance scale  [default: the model's recommendation (a trained "
+                   "editor's editkit_weights.json), else 7.5]")
+@click.option("--image-guidance", default=None, type=float,
+              help="How closely to keep the input image  [default: the model's "
+                   "recommendation, else 1.5]")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--variations", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Results per image (seeds seed..seed+N-1), saved each and as a grid.")
@@ -139,7 +141,8 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int,
-                 guidance: float, image_guidance: float, seed: int, variations: int, size: int,
+                 guidance: float | None, image_guidance: float | None, seed: int,
+                 variations: int, size: int,
                  output_size: str, mask: str | None, feather: float, localize: bool,
                  localize_words: str | None, localize_threshold: str, batch_size: int,
                  out: str | None, device: str, dtype: str) -> None:

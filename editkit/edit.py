@@ -15,6 +15,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import InputError
 
+DEFAULT_GUIDANCE = {"text": 7.5, "image": 1.5}  # InstructPix2Pix's own
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -22,8 +23,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 class EditSettings:
     instruction: str
     steps: int = 20
-    guidance: float = 7.5
-    image_guidance: float = 1.5
+    guidance: float | None = None  # None: the model's recommendation, else DEFAULT_GUIDANCE
+    image_guidance: float | None = None
     seed: int = 0
     variations: int = 1
     size: int = 512
@@ -181,6 +182,24 @@ def save_localized_mask(maps: Any, size: tuple[int, int], path: Path, words: lis
             "cut": round(cuts[0], 4), "area": round(float(found.mean()), 6), "mask": str(path)}
 
 
+def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
+                  say: Callable[[str], None]) -> EditSettings:
+    """Guidance not given is the model's recommendation (editkit_weights.json), else
+    InstructPix2Pix's 7.5 / 1.5."""
+    from dataclasses import replace
+
+    source = recommended or DEFAULT_GUIDANCE
+    chosen = replace(settings,
+                     guidance=source["text"] if settings.guidance is None
+                     else settings.guidance,
+                     image_guidance=source["image"] if settings.image_guidance is None
+                     else settings.image_guidance)
+    if recommended and (settings.guidance is None or settings.image_guidance is None):
+        say(f"guidance {chosen.guidance:g}, image guidance {chosen.image_guidance:g} "
+            "(unless given: the model's recommendation, from its editkit_weights.json)")
+    return chosen
+
+
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
               base: str | None = None, mask: str | None = None, device: str = "auto",
               dtype: str = "auto", say: Callable[[str], None] = print) -> list[Path]:
@@ -203,6 +222,7 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     originals = [open_image(p) for p in images]  # every input is checked before loading
     targets = output_paths(images, out, settings.variations)
     pipe, spec = load_edit_pipeline(model, device=device, dtype=dtype, base=base)
+    settings = with_guidance(settings, spec.guidance, say)
     multiple = model_multiple(pipe)
     jobs: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for index, image in enumerate(originals):

@@ -7,6 +7,9 @@ folder, a built-in tiny model, a finished run folder (its `train/final/`), a fol
 
     {"type": "pipeline"}                                  a full pipeline in the same folder
     {"type": "lora", "base": REF, "lora": FILE, "conv_in": FILE or null}
+
+Either may add "guidance": {"text": T, "image": I}, the guidance the trainer recommends
+(`editkit edit` uses it when no --guidance / --image-guidance is given).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class EditModelSpec:
     pipeline: ModelRef  # the pipeline itself, or the LoRA's base
     lora: Path | None = None
     conv_in: Path | None = None
+    guidance: dict[str, float] | None = None  # recommended {"text": T, "image": I}
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"ref": self.ref, "type": self.type,
@@ -38,6 +42,8 @@ class EditModelSpec:
             info["lora"] = str(self.lora)
         if self.conv_in is not None:
             info["conv_in"] = str(self.conv_in)
+        if self.guidance is not None:
+            info["guidance"] = self.guidance
         return info
 
 
@@ -47,13 +53,21 @@ def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpe
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read {folder / WEIGHTS_FILE}: {exc}",
                          "the trained weights are incomplete; re-run the train stage") from None
+    guidance = data.get("guidance")
+    if guidance is not None and not (
+            isinstance(guidance, dict) and all(isinstance(guidance.get(k), (int, float))
+                                               for k in ("text", "image"))):
+        raise ModelError(f"{folder / WEIGHTS_FILE} has a malformed guidance entry {guidance!r}",
+                         'expected {"text": number, "image": number}, or no entry')
     if data.get("type") == "pipeline":
-        return EditModelSpec(ref, "pipeline", ModelRef(ref, "local", str(folder.resolve())))
+        return EditModelSpec(ref, "pipeline", ModelRef(ref, "local", str(folder.resolve())),
+                             guidance=guidance)
     if data.get("type") == "lora":
         lora = folder / data.get("lora", "pytorch_lora_weights.safetensors")
         conv_in = folder / data["conv_in"] if data.get("conv_in") else None
         return EditModelSpec(ref, "lora", resolve(base or data.get("base") or
-                                                  DEFAULT_EDIT_MODEL), lora, conv_in)
+                                                  DEFAULT_EDIT_MODEL), lora, conv_in,
+                             guidance)
     raise ModelError(f"{folder / WEIGHTS_FILE} has unknown type {data.get('type')!r}",
                      "expected 'pipeline' or 'lora'")
 

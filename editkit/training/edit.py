@@ -34,8 +34,9 @@ class EditOptions(TrainOptions):
                                 "input_image, edit_prompt, edited_image); default: the run's "
                                 "kept pairs")
     buckets: bool = Field(True, description="aspect-ratio buckets instead of square crops")
-    cache_latents: bool = Field(False, description="encode each image once (crops are then "
-                                "centred and flips off: the latents are fixed)")
+    cache_latents: bool = Field(False, description="encode each image once, and once mirrored "
+                                "when random_flip is on (crops are then "
+                                "centred: the latents are fixed)")
     text_dropout: float = Field(0.05, ge=0, le=1)
     image_dropout: float = Field(0.05, ge=0, le=1)
     both_dropout: float = Field(0.05, ge=0, le=1)
@@ -47,8 +48,12 @@ class EditOptions(TrainOptions):
     validation_clip: str | None = Field(
         None, description="CLIP model (like openai/clip-vit-large-patch14) for CLIP_im, "
                           "CLIP_dir and CLIP_out of the sample edits; default: L1 only")
-    guidance_scale: float = Field(7.5, description="validation text guidance")
-    image_guidance_scale: float = Field(1.5, description="validation image guidance")
+    guidance_scale: float = Field(7.5, description="text guidance of the validation edits; "
+                                  "also written to editkit_weights.json as the editor's "
+                                  "recommended guidance, which `editkit edit` uses unless "
+                                  "--guidance is given")
+    image_guidance_scale: float = Field(1.5, description="image guidance of the validation "
+                                        "edits; recommended to `editkit edit` the same way")
 
     @model_validator(mode="after")
     def _dropout_sum(self) -> "EditOptions":
@@ -72,7 +77,7 @@ class EditTask:
         self.seed = seed
         self.lora = lora  # None for a full fine-tune; else an object with rank/alpha/...
         self.parts: Components | None = None
-        self._latents: dict[tuple[str, str, tuple[int, int]], Any] = {}
+        self._latents: dict[tuple[str, bool, tuple[int, int]], Any] = {}
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -135,7 +140,8 @@ class EditTask:
             log(f"{too_long} instructions are longer than CLIP's "
                 f"{parts.tokenizer.model_max_length} tokens and are cut there")
         if self.options.cache_latents:
-            log("cache_latents: crops are centred and flips are off (the latents are fixed)")
+            log("cache_latents: crops are centred" + (", each image cached as is and mirrored"
+                                                      if self.options.random_flip else ""))
         if self.options.no_change_fraction:
             usable = sum(bool(r.caption) for r in self.rows)
             log(f"no-change augmentation on {self.options.no_change_fraction:.0%} of examples "
@@ -167,7 +173,8 @@ class EditTask:
             return self.parts.text_encoder(ids)[0]
 
     def _example(self, index: int, rng: random.Random) -> tuple[str, list[Any], tuple[int, int]]:
-        """(instruction, [before, after] images, bucket) for one row, augmented."""
+        """(instruction, [before, after] images, bucket) for one row, augmented; with cached
+        latents the images are (path, mirrored) keys."""
         from PIL import Image
 
         row = self.rows[index]
@@ -178,7 +185,8 @@ class EditTask:
             if absent is not None:
                 prompt, target = absent, row.input_image
         if self.options.cache_latents:
-            return prompt, [row.input_image, target], bucket
+            mirror = self.options.random_flip and rng.random() < 0.5
+            return prompt, [(row.input_image, mirror), (target, mirror)], bucket
         with Image.open(row.input_image) as a, Image.open(target) as b:
             images = paired_crop([a, b], bucket, rng, self.options.random_flip)
         return prompt, images, bucket
@@ -193,55 +201,54 @@ class EditTask:
                    and r.prompt.lower().split()[0] not in _ADDING]
         return rng.choice(options) if options else None
 
-    def _latents_for(self, images: list[Any], bucket: tuple[int, int], generator: Any,
-                     cached: bool) -> tuple[Any, Any]:
-        """(target latents, sampled and scaled; input-image latents, the distribution mode)."""
+    def _latents_for(self, examples: list[list[Any]], bucket_of: list[tuple[int, int]],
+                     generator: Any) -> tuple[Any, Any]:
+        """(target latents, sampled and scaled; input-image latents, the distribution mode)
+        for a batch of [before, after] examples: cached, or encoded in one VAE call."""
         import torch
-
-        vae = self.parts.vae
-        if cached:
-            dists = [self._cached_dist(path, bucket) for path in images]
-        else:
-            pixels = torch.stack([_to_tensor(im) for im in images]).to(self.device,
-                                                                       self.weight_dtype)
-            with torch.no_grad():
-                dist = vae.encode(pixels).latent_dist
-            dists = [dist.parameters[i:i + 1] for i in range(len(images))]
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        before = DiagonalGaussianDistribution(dists[0]).mode()
-        after = DiagonalGaussianDistribution(dists[1])
+        vae = self.parts.vae
+        if self.options.cache_latents:
+            params = torch.cat([self._cached_dist(key, bucket)
+                                for pair, bucket in zip(examples, bucket_of) for key in pair])
+        else:
+            pixels = torch.stack([_to_tensor(im) for pair in examples for im in pair])
+            with torch.no_grad():
+                params = vae.encode(pixels.to(self.device, self.weight_dtype)
+                                    ).latent_dist.parameters
+        before = DiagonalGaussianDistribution(params[0::2]).mode()
+        after = DiagonalGaussianDistribution(params[1::2])
         noise = torch.randn(after.mean.shape, generator=generator).to(after.mean)
         target = (after.mean + after.std * noise) * vae.config.scaling_factor
         return target, before
 
-    def _cached_dist(self, path: Path, bucket: tuple[int, int]) -> Any:
+    def _cached_dist(self, key: tuple[Path, bool], bucket: tuple[int, int]) -> Any:
         import torch
         from PIL import Image
 
-        key = (str(path), "dist", bucket)
-        if key not in self._latents:
+        path, mirror = key
+        cache_key = (str(path), mirror, bucket)
+        if cache_key not in self._latents:
             with Image.open(path) as image:
                 (cropped,) = paired_crop([image], bucket, None, False)
+            if mirror:
+                cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             pixels = _to_tensor(cropped)[None].to(self.device, self.weight_dtype)
             with torch.no_grad():
-                self._latents[key] = self.parts.vae.encode(pixels).latent_dist.parameters
-        return self._latents[key]
+                self._latents[cache_key] = self.parts.vae.encode(pixels).latent_dist.parameters
+        return self._latents[cache_key]
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
         import torch
 
         rng = random.Random(seed_for(self.seed, micro, rank, 1))
         generator = torch.Generator().manual_seed(seed_for(self.seed, micro, rank, 2))
-        prompts, targets, befores = [], [], []
-        for index in rows:
-            prompt, images, bucket = self._example(index, rng)
-            target, before = self._latents_for(images, bucket, generator,
-                                               self.options.cache_latents)
-            prompts.append(prompt)
-            targets.append(target)
-            befores.append(before)
-        latents, image_latents = torch.cat(targets), torch.cat(befores)
+        examples = [self._example(index, rng) for index in rows]
+        prompts = [prompt for prompt, _, _ in examples]
+        latents, image_latents = self._latents_for([images for _, images, _ in examples],
+                                                   [bucket for _, _, bucket in examples],
+                                                   generator)
         batch = latents.shape[0]
         scheduler = self.parts.noise_scheduler
         noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -355,6 +362,8 @@ class EditTask:
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
         unet = self.parts.unet
+        guidance = {"text": self.options.guidance_scale,
+                    "image": self.options.image_guidance_scale}
         if self.lora is not None:
             from safetensors.torch import save_file
 
@@ -366,7 +375,7 @@ class EditTask:
                 save_file(conv_in_state(unet), folder / conv_in)
             return {"type": "lora", "base": self.options.base,
                     "lora": "pytorch_lora_weights.safetensors", "conv_in": conv_in,
-                    "rank": self.lora.rank}
+                    "rank": self.lora.rank, "guidance": guidance}
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel
 
@@ -380,7 +389,7 @@ class EditTask:
                               subfolder="text_encoder"),
             unet=unet.float())
         pipe.save_pretrained(folder, safe_serialization=True)
-        return {"type": "pipeline", "base": self.options.base}
+        return {"type": "pipeline", "base": self.options.base, "guidance": guidance}
 
     def close(self) -> None:
         self.tracker.close()

@@ -94,6 +94,27 @@ def test_run_folder_uses_its_trained_weights(tmp_path):
     saved = json.loads(Image.open(out).text["editkit"])
     assert saved["model"]["type"] == "pipeline"
     assert saved["model"]["pipeline"]["path"] == str((run / "train/final").resolve())
+    assert (saved["guidance"], saved["image_guidance"]) == (7.5, 1.5)  # nothing recommended
+
+
+def test_the_trained_editors_recommended_guidance_applies_unless_given(tmp_path):
+    final = tmp_path / "run" / "train" / "final"
+    shutil.copytree(tiny_model("tiny-ip2p"), final)
+    (final / "editkit_weights.json").write_text(
+        '{"type": "pipeline", "guidance": {"text": 1.5, "image": 1.2}}')
+    said = []
+    out = run_edits([str(photo(tmp_path / "a.png"))], settings(), str(tmp_path / "run"),
+                    str(tmp_path / "r.png"), say=said.append)[0]
+    saved = json.loads(Image.open(out).text["editkit"])
+    assert (saved["guidance"], saved["image_guidance"]) == (1.5, 1.2)
+    assert any("the model's recommendation" in line for line in said)
+    out = run_edits([str(photo(tmp_path / "a.png"))], settings(guidance=4.0),
+                    str(tmp_path / "run"), str(tmp_path / "g.png"), say=said.append)[0]
+    saved = json.loads(Image.open(out).text["editkit"])
+    assert (saved["guidance"], saved["image_guidance"]) == (4.0, 1.2)
+    (final / "editkit_weights.json").write_text('{"type": "pipeline", "guidance": 3}')
+    with pytest.raises(ModelError, match="malformed guidance entry"):
+        run_edits([str(photo(tmp_path / "a.png"))], settings(), str(tmp_path / "run"), None)
 
 
 def test_run_folder_without_weights_says_what_to_do(tmp_path):

@@ -45,11 +45,12 @@ def test_lora_export_loads_into_instruct_pix2pix_pipeline_and_changes_output(pai
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=6,
-                        checkpoint_every=6, validation_clip="tiny-clip")
+                        checkpoint_every=6, validation_clip="tiny-clip", guidance_scale=2.5)
     final = tmp_path / "train" / "final"
     meta = json.loads((final / "editkit_weights.json").read_text())
     assert meta == {"type": "lora", "base": "tiny-ip2p",
-                    "lora": "pytorch_lora_weights.safetensors", "conv_in": None, "rank": 4}
+                    "lora": "pytorch_lora_weights.safetensors", "conv_in": None, "rank": 4,
+                    "guidance": {"text": 2.5, "image": 1.5}}
     assert result["type"] == "lora" and result["steps"] == 6
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_model("tiny-ip2p"))
     pipe.set_progress_bar_config(disable=True)
