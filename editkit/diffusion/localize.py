@@ -21,7 +21,7 @@ from ..errors import InputError
 from .alignment import STOPWORDS, _norm, word_weights
 from .control import Layer, attention_control, attention_probs, fused
 from .masks import attention_heat, otsu_threshold
-from .word_maps import WordMaps
+from .word_maps import WordMaps, map_factor
 
 # Words of an instruction that say what to do or refer back, not where: never localized.
 EDIT_WORDS = frozenset(
@@ -81,9 +81,10 @@ def edit_with_maps(pipe: Any, instruction: str, images: list[Any], words: list[s
         raise InputError(f"the words {', '.join(words)} fall past the {length} tokens the "
                          "text encoder reads", "shorten the instruction")
     n = len(images)
-    controller = InstructionMaps(weights.expand(n, 1, length).clone())
     width, height = images[0].size
     factor = int(pipe.vae_scale_factor)
+    controller = InstructionMaps(weights.expand(n, 1, length).clone(),
+                                 target=map_factor((height // factor, width // factor)))
 
     def next_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         controller.begin_step(i + 1, steps)

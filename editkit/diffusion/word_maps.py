@@ -16,6 +16,17 @@ import torch
 from .control import AttentionController, Layer, attention_probs, fused
 
 
+MAP_SIDE = 16  # Prompt-to-Prompt's local blend reads 16x16 maps (64x64 latents at 512 px)
+
+
+def map_factor(latent_hw: tuple[int, int], side: int = MAP_SIDE) -> int:
+    """The downsampling factor whose attention maps are about `side` cells across: 4 for
+    Stable Diffusion at 512 px, as Prompt-to-Prompt; 1 (so the finest cross-attention level)
+    for small latents, where a fixed factor 4 would give maps of a few cells that dilation
+    then fills."""
+    return max(1, min(latent_hw) // side)
+
+
 def pick_level(layers: dict[str, Layer], target: int = 4) -> int:
     """The cross-attention factor closest to `target` (ties go to the finer level)."""
     factors = sorted({layer.factor for layer in layers.values() if layer.cross})

@@ -85,7 +85,7 @@ class MaskedBlend(PairRenderer):
 
         from editkit.diffusion import masks as maskops
         from editkit.diffusion.sampling import PairBatch, latent_size, sample_pairs, vae_scale
-        from editkit.diffusion.word_maps import WordMaps
+        from editkit.diffusion.word_maps import WordMaps, map_factor
 
         opts = self.options
         latent_hw = latent_size(pipe, opts.height, opts.width)
@@ -95,7 +95,7 @@ class MaskedBlend(PairRenderer):
         collector = None
         if any(m is None for m in static):
             collector = WordMaps(torch.stack([s.plan.get("weights", torch.zeros(2, length))
-                                              for s in samples]))
+                                              for s in samples]), target=map_factor(latent_hw))
         soft = opts.feather / vae_scale(pipe)
         state: dict[str, Any] = {"mask": None}
 

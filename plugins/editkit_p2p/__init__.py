@@ -116,7 +116,7 @@ class PromptToPrompt(PairRenderer):
         from editkit.diffusion import masks as maskops
         from editkit.diffusion.prompt_to_prompt import PromptToPrompt as Control
         from editkit.diffusion.sampling import PairBatch, latent_size, sample_pairs
-        from editkit.diffusion.word_maps import WordMaps
+        from editkit.diffusion.word_maps import WordMaps, map_factor
 
         opts = self.options
         length = pipe.tokenizer.model_max_length
@@ -130,8 +130,10 @@ class PromptToPrompt(PairRenderer):
         if any("reweight" in p for p in plans):
             reweight = torch.stack([p.get("reweight", torch.ones(length)) for p in plans])
         collector = None
+        latent_hw = latent_size(pipe, opts.height, opts.width)
         if opts.local_blend and opts.control:
-            collector = WordMaps(torch.stack([torch.stack(p["blend"]) for p in plans]))
+            collector = WordMaps(torch.stack([torch.stack(p["blend"]) for p in plans]),
+                                 target=map_factor(latent_hw))
         control = Control(
             self_steps=[round(s.settings["self_fraction"] * opts.steps) for s in samples],
             self_resolution=opts.self_resolution, cross=cross,
@@ -141,7 +143,6 @@ class PromptToPrompt(PairRenderer):
             refine=(torch.stack([p["refine"][0] for p in plans]),
                     torch.stack([p["refine"][1] for p in plans])) if cross == "refine" else None,
             reweight=reweight, collector=collector)
-        latent_hw = latent_size(pipe, opts.height, opts.width)
         state: dict[str, Any] = {"mask": None}
 
         def local_blend(step: int, before: Any, after: Any) -> Any:

@@ -7,7 +7,7 @@ import torch
 from editkit.diffusion.control import AttentionController, Layer, attention_control, unet_layers
 from editkit.diffusion.prompt_to_prompt import PromptToPrompt
 from editkit.diffusion.sampling import PairBatch, initial_noise, sample_pairs
-from editkit.diffusion.word_maps import WordMaps
+from editkit.diffusion.word_maps import WordMaps, map_factor, pick_level
 from editkit.models import load
 from editkit.testing import sharpen_attention
 
@@ -101,6 +101,16 @@ def test_map_sizes_follow_the_latents_at_any_aspect_ratio(pipe):
     sample_pairs(pipe, batch(1), steps=2, height=48, width=24, controller=maps)
     h, w = Layer("", True, maps.factor).map_size((24, 12))
     assert maps.maps().shape == (1, 2, h, w)
+
+
+def test_word_maps_are_about_sixteen_cells_across_whatever_the_latent_size():
+    # Stable Diffusion at 512 px: Prompt-to-Prompt's 16x16 level
+    assert map_factor((64, 64)) == 4
+    assert map_factor((32, 24)) == 1
+    # 16x16 latents (the shapes world): the finest cross-attention level, 8x8, not 4x4
+    layers = {f"l{f}": Layer(f"l{f}", True, f) for f in (2, 4)}
+    assert pick_level(layers, map_factor((16, 16))) == 2
+    assert pick_level(layers, map_factor((64, 64))) == 4
 
 
 def test_same_prompt_with_full_injection_gives_the_same_image(pipe):

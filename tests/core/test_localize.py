@@ -104,9 +104,9 @@ def test_capture_reads_the_text_branch_only_and_restores_the_processors(sharp_mo
     assert np.array_equal(plain(), reference)
     # capturing does not change the edit (up to float rounding of softmax @ v vs SDPA)
     assert np.abs(np.asarray(edited[0], np.int16) - reference).max() <= 2
-    # sized from the latents: 24x32 pixels, VAE factor 2 -> 12x16 latents; the level chosen
-    # is the mid block's (factor 2 of the tiny UNet) -> 6x8 maps
-    assert controller.factor == 2 and maps.shape == (2, 1, 6, 8)
+    # sized from the latents: 24x32 pixels, VAE factor 2 -> 12x16 latents; latents that
+    # small read the finest cross-attention level (factor 1 of the tiny UNet) -> 12x16 maps
+    assert controller.factor == 1 and maps.shape == (2, 1, 12, 16)
     captured = {name for _, name in controller.materialised}
     cross = {name for name, layer in controller.layers.items()
              if layer.cross and layer.factor == controller.factor}
@@ -121,7 +121,7 @@ def test_capture_reads_the_text_branch_only_and_restores_the_processors(sharp_mo
     # no guidance: the UNet batch is the text-conditioned samples alone
     _, alone, _ = edit_with_maps(pipe, INSTRUCTION, [image], ["cars"], 2, guidance_scale=1.0,
                                  generator=torch.Generator().manual_seed(1))
-    assert alone.shape == (1, 1, 6, 8) and torch.isfinite(alone).all()
+    assert alone.shape == (1, 1, 12, 16) and torch.isfinite(alone).all()
 
 
 def test_localize_usage_errors(cli, tmp_path):
