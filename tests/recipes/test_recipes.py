@@ -44,12 +44,14 @@ def test_quickstart_runs_offline_then_edits_with_its_weights_and_reports(cli, tm
     assert judged["pairs"]["before_filters"]["pairs"] == 32  # 16 triplets x 2 samples
 
     edit = cli("edit", "recipes/data/quickstart/shapes.png", "make the circle blue", "--model",
-               "runs/quickstart", "--size", "64", "--guidance", "1.5", "--image-guidance",
-               "1.2", "--out", "edited.png")
+               "runs/quickstart", "--size", "64", "--out", "edited.png")
     assert edit.returncode == 0, edit.stderr
     out = Image.open(tmp_path / "edited.png")
     assert out.size == Image.open(tmp_path / "recipes/data/quickstart/shapes.png").size
-    assert json.loads(out.text["editkit"])["model"]["type"] == "lora"
+    saved = json.loads(out.text["editkit"])
+    assert saved["model"]["type"] == "lora"
+    # the recipe's recommended guidance travelled with the editor
+    assert (saved["guidance"], saved["image_guidance"]) == (1.5, 1.2)
 
     report = cli("report", "runs/quickstart")
     assert report.returncode == 0, report.stderr
