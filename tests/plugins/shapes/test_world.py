@@ -43,3 +43,24 @@ def test_shapes_triplets_are_one_true_edit_each():
         # the oracle sees exactly the stated change in clean renders
         assert same_scene(read_scene(draw(after)), after)
     assert triplets == next(iter(generator.generate(CaptionJob(count=50, seed=3))))
+
+
+def test_decoder_polish_changes_the_decoder_and_no_latent(tmp_path):
+    import torch
+
+    from editkit_shapes.train_world import build_models, train_decoder, world_dataset
+
+    torch.manual_seed(0)
+    vae = build_models(tmp_path / "tok")["vae"]
+    images, _ = world_dataset(8, seed=0)
+    x = images[:2].float() / 127.5 - 1
+    with torch.no_grad():
+        latents, decoded = vae.encode(x).latent_dist.mode(), vae.decode(
+            vae.encode(x).latent_dist.mode()).sample
+    lines = []
+    train_decoder(vae, images, steps=3, batch=2, log=lines.append)
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x).latent_dist.mode(), latents)  # the UNet stays valid
+        assert not torch.allclose(vae.decode(latents).sample, decoded)
+    assert lines[0].startswith("decoder start: oracle") and "2 held-back images" in lines[0]
+    assert all(p.requires_grad for p in vae.parameters())  # left trainable, as it was
