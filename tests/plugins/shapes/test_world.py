@@ -64,3 +64,41 @@ def test_decoder_polish_changes_the_decoder_and_no_latent(tmp_path):
         assert not torch.allclose(vae.decode(latents).sample, decoded)
     assert lines[0].startswith("decoder start: oracle") and "2 held-back images" in lines[0]
     assert all(p.requires_grad for p in vae.parameters())  # left trainable, as it was
+
+
+def test_latent_shape_masks_mark_the_cells_that_hold_a_shape():
+    from editkit_shapes.train_world import latent_shape_masks, world_dataset
+
+    images, _ = world_dataset(6, seed=1)
+    masks = latent_shape_masks(images, 4)
+    assert masks.shape == (6, 1, 16, 16)
+    for image, mask in zip(images, masks):
+        pixels = (image.int() - image[:, :1, :1].int()).abs().amax(0) > 12  # off-background
+        cells = pixels.reshape(16, 4, 16, 4).any(3).any(1)
+        assert mask[0].bool().equal(cells)
+        assert 0 < float(mask.mean()) < 0.6  # shapes are there, and most of it is background
+
+
+def test_shape_weight_changes_what_the_unet_learns(tmp_path):
+    import torch
+
+    from editkit_shapes.train_world import build_models, latent_shape_masks, train_unet
+
+    images = None
+    results = []
+    for weight in (1.0, 10.0):
+        torch.manual_seed(0)
+        models = build_models(tmp_path / "tok")
+        if images is None:
+            from editkit_shapes.train_world import world_dataset
+
+            images, captions = world_dataset(4, seed=2)
+            latents = torch.randn(4, 4, 16, 16)
+            masks = latent_shape_masks(images, 4)
+        torch.manual_seed(1)
+        lines = []
+        train_unet(models, latents, captions, steps=2, batch=2, lr=1e-3, log=lines.append,
+                   masks=masks, shape_weight=weight)
+        results.append(torch.cat([p.flatten() for p in models["unet"].parameters()]))
+        assert lines and "loss" in lines[0]
+    assert not torch.allclose(results[0], results[1])
