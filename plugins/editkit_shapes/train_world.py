@@ -88,29 +88,11 @@ def _to_float(images: Any) -> Any:
     return images.float() / 127.5 - 1.0
 
 
-def shape_mask(x: Any, background: Any) -> Any:
-    """N x 1 x H x W: 1 where images `x` (in [-1, 1]) differ from their `background` colour,
-    that is, on the shapes."""
-    return ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
-
-
 def shape_weighted_loss(recon: Any, x: Any, background: Any) -> Any:
     """L1 + L2 with the shapes' pixels weighed 10x: they are a tenth of the image, and the
     oracle reads their colour and corners."""
-    weight = 1 + 9 * shape_mask(x, background)
+    weight = 1 + 9 * ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
     return (weight * (recon - x).abs()).mean() + (weight * (recon - x) ** 2).mean()
-
-
-def latent_shape_masks(images: Any, factor: int) -> Any:
-    """N x 1 x h x w: which latent cells (`factor` pixels a side) hold any shape pixel."""
-    import torch
-
-    masks = []
-    for i in range(0, len(images), 512):
-        x = _to_float(images[i:i + 512])
-        pixels = shape_mask(x, x[:, :, :1, :1])  # the corner is always background
-        masks.append(torch.nn.functional.max_pool2d(pixels, factor))
-    return torch.cat(masks)
 
 
 def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int = 32,
@@ -238,11 +220,7 @@ def vae_oracle(vae: Any, x: Any) -> float:
 
 def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps: int,
                batch: int, lr: float, log: Any, snapshot: Any = None, every: int = 0,
-               ema_decay: float = 0.998, masks: Any = None, shape_weight: float = 1.0) -> Any:
-    """One phase of the UNet and text encoder. With `shape_weight` > 1 the loss on latent
-    cells holding a shape (`masks`, from `latent_shape_masks`) counts that many times: the
-    shapes are a tenth of the image, yet their kind and colour are what the oracle (and every
-    caption) reads, and a uniform loss spends nine tenths of its effort on the background."""
+               ema_decay: float = 0.998) -> Any:
     import torch
     from diffusers import DDPMScheduler
 
@@ -284,10 +262,7 @@ def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps:
         target = noise_scheduler.get_velocity(x0, noise, t)
         # min-SNR-5 weighting (for v-prediction): converges faster on small budgets
         weight = torch.clamp(snr[t], max=5.0) / (snr[t] + 1)
-        error = (pred - target) ** 2
-        if shape_weight != 1.0:
-            error = error * (1 + (shape_weight - 1) * masks[index])
-        loss = (weight * error.mean(dim=(1, 2, 3))).mean()
+        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -335,7 +310,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
           vae_steps: tuple[int, ...] = (1500, 800),
           unet_steps: tuple[int, ...] = (4000, 12000),
           batch: int = 32, lr: float = 1e-3, threads: int = 1, snapshot_every: int = 0,
-          decoder_steps: int = 3000, shape_weights: tuple[float, ...] | None = None) -> dict:
+          decoder_steps: int = 3000) -> dict:
     """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -408,18 +383,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    given = tuple(shape_weights or ())
-    if len(given) > len(unet_steps):
-        raise ValueError(f"{len(given)} shape weights for {len(unet_steps)} UNet phases")
-    shape_weights = given + (1.0,) * (len(unet_steps) - len(given))
-    masks = None
-    if any(w != 1 for w in shape_weights):
-        factor = data.shape[-1] // latents.shape[-1]
-        masks = latent_shape_masks(data, factor)
-        log(f"shape masks: {float(masks.mean()):.3f} of the latent cells hold a shape")
     for phase in range(len(unet_steps)):
-        done = "+".join(f"{n}" + (f"w{w:g}" if w != 1 else "")
-                        for n, w in zip(unet_steps[:phase + 1], shape_weights))
+        done = "+".join(str(n) for n in unet_steps[:phase + 1])
         cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}"
         if (cache / "unet" / "config.json").exists():
             models["unet"] = UNet2DConditionModel.from_pretrained(cache / "unet")
@@ -427,13 +392,12 @@ def train(out: Path, seed: int = 0, images: int = 16000,
             log(f"unet and text encoder loaded from {cache}")
             continue
         train_unet(models, latents, captions, unet_steps[phase], batch, lr / 2 ** phase, log,
-                   snapshot, snapshot_every, masks=masks, shape_weight=shape_weights[phase])
+                   snapshot, snapshot_every)
         models["unet"].save_pretrained(cache / "unet")
         models["text_encoder"].save_pretrained(cache / "text_encoder")
     save(out)
     stats = {"seed": seed, "images": images, "vae_steps": vae_steps,
              "decoder_steps": decoder_steps, "unet_steps": unet_steps,
-             "unet_shape_weights": shape_weights,
              "batch": batch, "lr": lr, "vae_seconds": round(vae_time, 1),
              "total_seconds": round(time.time() - started, 1),
              "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
@@ -453,9 +417,6 @@ def main() -> None:
                         default=(4000, 12000), help="steps of each UNet phase, like 4000+2000")
     parser.add_argument("--decoder-steps", type=int, default=3000,
                         help="then the decoder alone on whole images (latents unchanged)")
-    parser.add_argument("--shape-weights", type=lambda v: tuple(float(n) for n in v.split("+")),
-                        default=None, help="loss weight of the shapes' latent cells in each "
-                        "UNet phase, like 1+1+10 (default 1: a uniform loss)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
@@ -463,7 +424,7 @@ def main() -> None:
                         help="also save the EMA model every N steps (OUT-stepN) to judge it")
     args = parser.parse_args()
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
-          args.lr, args.threads, args.snapshot_every, args.decoder_steps, args.shape_weights)
+          args.lr, args.threads, args.snapshot_every, args.decoder_steps)
 
 
 if __name__ == "__main__":
