@@ -11,8 +11,9 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
 
 The third UNet phase (lr 2.5e-4) is where the model learns where a prompt puts a shape:
 position 0.28 -> 0.72 of samples, every attribute right 0.10 -> 0.49 (kind and colour 0.89 ->
-0.85). A loss that weighs the shapes' latent cells 10x in that phase was worse on every
-attribute (all right 0.27) and is not used.
+0.85, partly an artefact: `eval_world` matches a misplaced shape by kind). A loss that weighs
+the shapes' latent cells 10x in that phase was worse on every attribute (all right 0.27) and is
+not used.
 """
 
 from __future__ import annotations
