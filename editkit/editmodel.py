@@ -6,10 +6,14 @@ folder, a built-in tiny model, a finished run folder (its `train/final/`), a fol
 `editkit_weights.json` so that every one of these loads the same way:
 
     {"type": "pipeline"}                                  a full pipeline in the same folder
-    {"type": "lora", "base": REF, "lora": FILE, "conv_in": FILE or null}
+    {"type": "lora", "base": REF, "lora": FILE, "conv_in": FILE or null,
+     "base_probe": [32 numbers] (optional)}
 
 Either may add "guidance": {"text": T, "image": I}, the guidance the trainer recommends
-(`editkit edit` uses it when no --guidance / --image-guidance is given).
+(`editkit edit` uses it when no --guidance / --image-guidance is given). "base_probe" is a
+sample of the base UNet's weights when the LoRA was trained: a LoRA on a base that has since
+changed (a retrained local folder, an updated built-in model) loads without complaint and
+edits badly, so loading compares the sample and refuses with one clear line.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class EditModelSpec:
     lora: Path | None = None
     conv_in: Path | None = None
     guidance: dict[str, float] | None = None  # recommended {"text": T, "image": I}
+    base_probe: tuple[float, ...] | None = None  # the base's weights_probe at training time
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"ref": self.ref, "type": self.type,
@@ -65,9 +70,15 @@ def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpe
     if data.get("type") == "lora":
         lora = folder / data.get("lora", "pytorch_lora_weights.safetensors")
         conv_in = folder / data["conv_in"] if data.get("conv_in") else None
+        probe = data.get("base_probe")
+        if probe is not None and not (isinstance(probe, list) and probe and all(
+                isinstance(v, (int, float)) for v in probe)):
+            raise ModelError(f"{folder / WEIGHTS_FILE} has a malformed base_probe entry",
+                             "expected a list of numbers, or no entry")
+        # a --base chosen by the user is taken as meant: the probe checks only the recorded one
         return EditModelSpec(ref, "lora", resolve(base or data.get("base") or
                                                   DEFAULT_EDIT_MODEL), lora, conv_in,
-                             guidance)
+                             guidance, tuple(probe) if probe and not base else None)
     raise ModelError(f"{folder / WEIGHTS_FILE} has unknown type {data.get('type')!r}",
                      "expected 'pipeline' or 'lora'")
 
@@ -97,7 +108,8 @@ def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpe
         sibling = path.parent / WEIGHTS_FILE
         if sibling.exists():
             spec = _from_weights_file(text, path.parent, base)
-            return EditModelSpec(text, "lora", spec.pipeline, path, spec.conv_in)
+            return EditModelSpec(text, "lora", spec.pipeline, path, spec.conv_in,
+                                 base_probe=spec.base_probe)
         return EditModelSpec(text, "lora", resolve(base or DEFAULT_EDIT_MODEL), path)
     return EditModelSpec(text, "pipeline", resolve(text))
 
@@ -139,6 +151,37 @@ def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
     unet.register_to_config(in_channels=in_channels)
 
 
+PROBE_SIZE = 32
+
+
+def weights_probe(unet: Any) -> list[float]:
+    """PROBE_SIZE of the UNet's weights, spread over its weight tensors (conv_in, which an
+    editor widens, left out): any retraining changes them, a change of dtype barely does."""
+    tensors = sorted((name, param) for name, param in unet.named_parameters()
+                     if name.endswith(".weight") and not name.startswith("conv_in.")
+                     and param.numel() > 1)
+    values = []
+    for i in range(PROBE_SIZE):
+        flat = tensors[i * len(tensors) // PROBE_SIZE][1].detach().flatten()
+        values.append(round(float(flat[(i * 7919) % flat.numel()]), 6))
+    return values
+
+
+def _check_base(unet: Any, spec: EditModelSpec) -> None:
+    import math
+
+    if spec.base_probe is None:
+        return
+    now = weights_probe(unet)
+    if len(now) != len(spec.base_probe) or not all(
+            math.isclose(a, b, rel_tol=2e-2, abs_tol=1e-3) for a, b in zip(now, spec.base_probe)):
+        raise ModelError(
+            f"{spec.ref} was trained as a LoRA on another '{spec.pipeline.ref}' than the one "
+            "found now (its base weights have changed since)",
+            "retrain the editor on this base (editkit run RECIPE --fresh), or pass --base to "
+            "apply it to this one anyway")
+
+
 # how a LoRA file names the down half of a layer, in every key format diffusers loads
 _LORA_DOWN = (".lora_A.", ".lora.down.", ".lora_down.", ".lora_linear_layer.down.")
 
@@ -170,6 +213,7 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
     torch_dtype = pick_dtype(device, dtype)
     pipe = load(StableDiffusionInstructPix2PixPipeline, spec.pipeline, "edit model",
                 torch_dtype=torch_dtype)
+    _check_base(pipe.unet, spec)
     if spec.conv_in is not None:
         from safetensors.torch import load_file
 

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
+from editkit.editmodel import weights_probe
+
 from .data import BatchPlan, Row, make_buckets, paired_crop, read_pair_rows
 from .loop import seed_for
 from .memory import ModelSize, model_size
@@ -96,6 +98,7 @@ class EditTask:
             log(f"skipped {len(problems) - 5} more rows")
         parts = load_components(self.options.base, edit=True)
         self.parts = parts
+        self.base_probe = weights_probe(parts.unet)  # before any LoRA layer wraps a weight
         if parts.widened:
             log(f"{self.options.base} is a text-to-image model: conv_in widened to "
                 f"{parts.unet.config.in_channels} channels, "
@@ -375,7 +378,8 @@ class EditTask:
                 save_file(conv_in_state(unet), folder / conv_in)
             return {"type": "lora", "base": self.options.base,
                     "lora": "pytorch_lora_weights.safetensors", "conv_in": conv_in,
-                    "rank": self.lora.rank, "guidance": guidance}
+                    "rank": self.lora.rank, "guidance": guidance,
+                    "base_probe": self.base_probe}
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel
 

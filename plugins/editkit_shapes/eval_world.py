@@ -8,6 +8,7 @@ fraction of samples where the whole scene is right.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import time
 from typing import Any
@@ -16,33 +17,41 @@ from .oracle import read_scene, same_scene
 from .train_world import reconstruct
 from .world import Scene, Shape, draw, random_scene
 
-ATTRIBUTES = ("background", "kind", "colour", "size", "position")
+SHAPE_ATTRIBUTES = ("kind", "colour", "size", "position")
+ATTRIBUTES = ("background", *SHAPE_ATTRIBUTES)
 
 
-def _match(want: Shape, seen: tuple[Shape, ...]) -> Shape | None:
-    """The read shape standing for `want`: the one in its cell, else one of its kind."""
-    for shape in seen:
-        if (shape.row, shape.column) == (want.row, want.column):
-            return shape
-    for shape in seen:
-        if shape.kind == want.kind:
-            return shape
-    return None
+def _agreement(want: Shape, got: Shape | None) -> dict[str, float]:
+    if got is None:
+        return {name: 0.0 for name in SHAPE_ATTRIBUTES}
+    return {"kind": float(got.kind == want.kind), "colour": float(got.colour == want.colour),
+            "size": float(got.size == want.size),
+            "position": float((got.row, got.column) == (want.row, want.column))}
+
+
+def _pairing(want: tuple[Shape, ...], seen: tuple[Shape, ...]) -> list[Shape | None]:
+    """The read shape standing for each wanted one: the one-to-one pairing that agrees on the
+    most attributes, every attribute counting the same (a wanted shape with no read shape left
+    gets None). This once paired by cell, else by kind: one read shape could then stand for
+    two wanted ones (two prompted circles, one drawn: kind right twice), and a misplaced shape
+    of the wrong kind lost its colour and size too."""
+    padded = list(seen) + [None] * len(want)
+    best: list[Shape | None] = [None] * len(want)
+    best_score = -1.0
+    for chosen in itertools.permutations(padded, len(want)):
+        score = sum(sum(_agreement(w, g).values()) for w, g in zip(want, chosen))
+        if score > best_score:
+            best, best_score = list(chosen), score
+    return best
 
 
 def compare(want: Scene, seen: Scene) -> dict[str, float]:
     """Per-attribute agreement of one sample (shape attributes averaged over its shapes)."""
     scores = {name: 0.0 for name in ATTRIBUTES}
     scores["background"] = float(want.background == seen.background)
-    for shape in want.shapes:
-        got = _match(shape, seen.shapes)
-        if got is None:
-            continue
-        scores["kind"] += (got.kind == shape.kind) / len(want.shapes)
-        scores["colour"] += (got.colour == shape.colour) / len(want.shapes)
-        scores["size"] += (got.size == shape.size) / len(want.shapes)
-        scores["position"] += ((got.row, got.column) == (shape.row, shape.column)) / \
-            len(want.shapes)
+    for shape, got in zip(want.shapes, _pairing(want.shapes, seen.shapes)):
+        for name, value in _agreement(shape, got).items():
+            scores[name] += value / len(want.shapes)
     scores["all"] = float(same_scene(want, seen))
     return scores
 

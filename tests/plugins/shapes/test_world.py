@@ -64,3 +64,23 @@ def test_decoder_polish_changes_the_decoder_and_no_latent(tmp_path):
         assert not torch.allclose(vae.decode(latents).sample, decoded)
     assert lines[0].startswith("decoder start: oracle") and "2 held-back images" in lines[0]
     assert all(p.requires_grad for p in vae.parameters())  # left trainable, as it was
+
+
+def test_eval_world_pairs_wanted_and_read_shapes_one_to_one():
+    from editkit_shapes.eval_world import compare
+
+    want = Scene((Shape("circle", "red", "large", "top", "left"),
+                  Shape("square", "blue", "small", "bottom", "right")), "white")
+    # the circle drawn in the wrong cell and as a square: its colour and size still count
+    seen = Scene((Shape("square", "red", "large", "middle", "center"),
+                  Shape("square", "blue", "small", "bottom", "right")), "white")
+    scores = compare(want, seen)
+    assert scores["kind"] == 0.5 and scores["colour"] == 1.0 and scores["size"] == 1.0
+    assert scores["position"] == 0.5 and scores["all"] == 0.0
+    # one read shape cannot stand for both wanted shapes
+    two = Scene((Shape("circle", "red", "large", "top", "left"),
+                 Shape("circle", "blue", "small", "bottom", "right")), "white")
+    lone = Scene((Shape("circle", "red", "large", "top", "left"),), "white")
+    assert compare(two, lone)["kind"] == 0.5 and compare(two, lone)["colour"] == 0.5
+    assert compare(want, want) == {"background": 1.0, "kind": 1.0, "colour": 1.0,
+                                   "size": 1.0, "position": 1.0, "all": 1.0}

@@ -48,6 +48,7 @@ def test_lora_export_loads_into_instruct_pix2pix_pipeline_and_changes_output(pai
                         checkpoint_every=6, validation_clip="tiny-clip", guidance_scale=2.5)
     final = tmp_path / "train" / "final"
     meta = json.loads((final / "editkit_weights.json").read_text())
+    assert len(meta.pop("base_probe")) == 32
     assert meta == {"type": "lora", "base": "tiny-ip2p",
                     "lora": "pytorch_lora_weights.safetensors", "conv_in": None, "rank": 4,
                     "guidance": {"text": 2.5, "image": 1.5}}
@@ -211,3 +212,32 @@ def test_a_lora_that_loads_only_in_part_is_an_error(pairs, tmp_path):
     save_file(convert_state_dict_to_diffusers(load_file(lora)), lora)
     with pytest.raises(ModelError, match=r"only \d+ of its \d+ UNet layers loaded"):
         load_edit_pipeline(tmp_path / "train" / "final", device="cpu")
+
+
+def test_a_lora_whose_base_changed_since_training_is_refused(pairs, tmp_path):
+    """A LoRA records a sample of its base's weights: retrain or update the base in place and
+    loading the editor says so in one line, instead of editing badly without a word."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from editkit.editmodel import load_edit_pipeline, weights_probe
+    from editkit.errors import ModelError
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model("tiny-sd"), base)
+    train_lora(pairs, tmp_path / "train", base=str(base), steps=1, checkpoint_every=1)
+    final = tmp_path / "train" / "final"
+    load_edit_pipeline(final, device="cpu")  # the same base: loads
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    half = weights_probe(unet.half())
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    assert all(abs(a - b) <= 1e-3 + 2e-2 * abs(b) for a, b in zip(half, weights_probe(unet)))
+    with torch.no_grad():  # "retrained": every weight moves a little
+        for param in unet.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    unet.save_pretrained(base / "unet")
+    with pytest.raises(ModelError, match="base weights have changed"):
+        load_edit_pipeline(final, device="cpu")
+    load_edit_pipeline(final, device="cpu", base=str(base))  # asked for: taken as meant
