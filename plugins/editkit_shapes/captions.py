@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from editkit.kinds import IndexedCaptionGenerator, PluginOptions
 
@@ -25,7 +25,16 @@ class ShapesOptions(PluginOptions):
                                                             "background", "add", "remove"],
                                    min_length=1)
     max_shapes: int = Field(2, ge=1, le=3)
+    min_shapes: int = Field(1, ge=1, le=3, description="scenes have min_shapes..max_shapes "
+                            "shapes, as many of each count")
     batch: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _shape_range(self) -> "ShapesOptions":
+        if self.min_shapes > self.max_shapes:
+            raise ValueError(f"min_shapes {self.min_shapes} is above max_shapes "
+                             f"{self.max_shapes}")
+        return self
 
 
 def scene_to_dict(scene: Scene) -> dict[str, Any]:
@@ -82,7 +91,7 @@ class ShapesCaptions(IndexedCaptionGenerator):
     def triplet(self, seed: int, index: int) -> dict[str, Any]:
         rng = random.Random(f"editkit-shapes:{seed}:{index}")
         while True:
-            scene = random_scene(rng, self.options.max_shapes)
+            scene = random_scene(rng, self.options.max_shapes, self.options.min_shapes)
             kind = rng.choice(self.options.edits)
             edited = edit_scene(scene, kind, rng, self.options.max_shapes)
             if edited is not None:

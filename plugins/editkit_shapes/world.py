@@ -61,8 +61,8 @@ class Scene:
         return Scene(tuple(shapes), self.background)
 
 
-def random_scene(rng: random.Random, max_shapes: int = 2) -> Scene:
-    count = rng.randint(1, max_shapes)
+def random_scene(rng: random.Random, max_shapes: int = 2, min_shapes: int = 1) -> Scene:
+    count = rng.randint(min_shapes, max_shapes)
     cells = rng.sample([(r, c) for r in ROWS for c in COLUMNS], count)
     kinds = rng.sample(SHAPES, count)  # two shapes of one scene are of different kinds
     shapes = tuple(Shape(kind, rng.choice(list(COLOURS)), rng.choice(list(SIZES)), row, col)

@@ -84,3 +84,18 @@ def test_eval_world_pairs_wanted_and_read_shapes_one_to_one():
     assert compare(two, lone)["kind"] == 0.5 and compare(two, lone)["colour"] == 0.5
     assert compare(want, want) == {"background": 1.0, "kind": 1.0, "colour": 1.0,
                                    "size": 1.0, "position": 1.0, "all": 1.0}
+
+
+def test_min_shapes_sets_how_many_shapes_a_triplet_starts_from():
+    import pytest
+    from pydantic import ValidationError
+
+    from editkit.kinds import CaptionJob
+    from editkit_shapes.captions import ShapesCaptions
+
+    generator = ShapesCaptions(ShapesCaptions.Options(batch=40, min_shapes=2,
+                                                      edits=["colour", "kind"]))
+    triplets = next(iter(generator.generate(CaptionJob(count=40, seed=1))))
+    assert {len(t["scene_before"]["shapes"]) for t in triplets} == {2}
+    with pytest.raises(ValidationError, match="min_shapes 3 is above max_shapes 2"):
+        ShapesCaptions.Options(min_shapes=3)
