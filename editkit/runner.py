@@ -32,9 +32,50 @@ def changed_stages(recipe: Recipe, run: RunFolder) -> tuple[list[str], list[str]
         if state is None or not run.has_work(stage):
             continue
         new = stage_config(recipe, stage)
-        if fingerprint(state["config"]) != fingerprint(new):
-            return stages[i:], diff(state["config"], new)
+        old = with_added_defaults(state["config"], recipe, stage)
+        if fingerprint(old) != fingerprint(new):
+            return stages[i:], diff(old, new)
     return [], []
+
+
+def _options_at(config: dict[str, Any], where: str) -> Any:
+    """The options dict of plugin slot `where` (captions, filters.0, evaluate.judge) inside a
+    stage config, or None."""
+    if where.startswith("filters."):
+        items = config.get("filters")
+        index = int(where.split(".")[1])
+        spec = items[index] if isinstance(items, list) and index < len(items) else None
+    elif where == "evaluate.judge":
+        spec = (config.get("evaluate") or {}).get("judge")
+    else:
+        spec = config.get(where)
+    options = spec.get("options") if isinstance(spec, dict) else None
+    return options if isinstance(options, dict) else None
+
+
+def with_added_defaults(old: dict[str, Any], recipe: Recipe, stage: str) -> dict[str, Any]:
+    """A recorded stage config with the options its plugins gained since, where the recipe
+    leaves them at their defaults: a plugin upgrade that adds an option (whose default keeps
+    the old behaviour) must not invalidate runs made before it."""
+    import copy
+
+    filled = copy.deepcopy(old)
+    for where, plugin in recipe.plugins.items():
+        if where.split(".")[0] != stage:
+            continue
+        recorded = _options_at(filled, where)
+        if recorded is None:
+            continue
+        fields = type(plugin.options).model_fields
+        current = plugin.options_dict()
+        for name, value in current.items():
+            if name in recorded or name not in fields or fields[name].is_required():
+                continue
+            field_default = fields[name].get_default(call_default_factory=True)
+            as_default = plugin.options.model_copy(update={name: field_default})
+            if value == as_default.model_dump(mode="json")[name]:
+                recorded[name] = value
+    return filled
 
 
 def diff(old: Any, new: Any, prefix: str = "") -> list[str]:

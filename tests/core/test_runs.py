@@ -102,6 +102,23 @@ def test_changed_recipe_is_refused_with_stage_and_fix(cli, tmp_path):
     assert {r["sample"] for r in pairs} == {0, 1, 2}
 
 
+def test_an_option_added_to_a_plugin_since_the_run_does_not_invalidate_it(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=10))
+    assert cli("run", "recipe.yaml", plugins=["testkit"]).returncode == 0
+    state_file = tmp_path / "runs/kill/render/stage.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["render"]["options"]["reject_word"]  # as an older plugin recorded it
+    del state["config"]["render"]["options"]["samples"]
+    state_file.write_text(json.dumps(state))
+    again = cli("run", "recipe.yaml", plugins=["testkit"])
+    assert again.returncode == 0, again.stderr  # both at their defaults: nothing changed
+    state["config"]["render"]["options"]["samples"] = 2
+    state_file.write_text(json.dumps(state))
+    changed = cli("run", "recipe.yaml", "render.options.reject_word=bad", plugins=["testkit"])
+    assert changed.returncode == 1  # set away from its default: a real change
+    assert "render.options.reject_word: '<unset>' -> 'bad'" in changed.stderr
+
+
 def test_more_captions_extend_the_same_stream(cli, tmp_path):
     write_recipe(tmp_path, RECIPE.format(count=10))
     assert cli("run", "recipe.yaml", "--only", "captions", plugins=["testkit"]).returncode == 0
