@@ -8,6 +8,11 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
 
     python -m editkit_shapes.train_world OUT [--seed 0] [--vae-steps 1500+800] \
         [--decoder-steps 3000] [--unet-steps 4000+12000+8000+8000+8000] [--snapshot-every 2000]
+        [--device cuda] [--unet-channels 32,64,64] [--attention-from 1]
+
+`--unet-channels` and `--attention-from` (0: cross-attention at the 16x16 level too) train
+a UNet of another size than the shipped one, with caches of its own; `--device cuda` runs
+every phase on a GPU. The shipped model is the defaults, trained on one CPU thread.
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns
 where a prompt puts a shape: position 0.19 -> 0.59 -> 0.70 -> 0.71 of samples, every attribute
@@ -60,7 +65,29 @@ def world_dataset(count: int, seed: int) -> tuple[Any, list[str]]:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions
 
 
-def build_models(tokenizer_dir: Path) -> dict[str, Any]:
+# the shipped UNet: 32/64/64 channels, cross-attention at the 8x8 and 4x4 levels only
+UNET_CHANNELS = (32, 64, 64)
+ATTENTION_FROM = 1
+
+
+def unet_blocks(levels: int, attention_from: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Down and up block types with cross-attention at every level from `attention_from`
+    (0 = the 16x16 level too) down to the lowest."""
+    down = tuple("DownBlock2D" if i < attention_from else "CrossAttnDownBlock2D"
+                 for i in range(levels))
+    up = tuple(kind.replace("Down", "Up") for kind in reversed(down))
+    return down, up
+
+
+def architecture_tag(channels: tuple[int, ...], attention_from: int) -> str:
+    """'' for the shipped UNet, else a suffix that keeps other architectures' caches apart."""
+    if tuple(channels) == UNET_CHANNELS and attention_from == ATTENTION_FROM:
+        return ""
+    return f"-c{'.'.join(str(c) for c in channels)}-a{attention_from}"
+
+
+def build_models(tokenizer_dir: Path, channels: tuple[int, ...] = UNET_CHANNELS,
+                 attention_from: int = ATTENTION_FROM) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -78,11 +105,11 @@ def build_models(tokenizer_dir: Path) -> dict[str, Any]:
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=1, norm_num_groups=8, sample_size=64, mid_block_add_attention=False)
+    down, up = unet_blocks(len(channels), attention_from)
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64),
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=tuple(channels),
         layers_per_block=1, norm_num_groups=16, cross_attention_dim=64, attention_head_dim=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=down, up_block_types=up,
         # the caption, pooled by attention, is also added to the time embedding: every
         # ResNet block (the 16x16 ones too) sees the global attributes (background, colours)
         # at once, where cross-attention alone learns them slowly at this size
@@ -111,6 +138,7 @@ def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int
 
     import torch
 
+    device = next(vae.parameters()).device
     optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     decay = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.05 + 0.475 * (1 + math.cos(math.pi * s / max(1, steps))))
@@ -121,8 +149,9 @@ def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int
         index = torch.randint(0, len(images), (batch,))
         corners = torch.randint(0, (size - crop) // 4 + 1, (batch, 2)) * 4
         x = _to_float(torch.stack([images[i, :, t:t + crop, l:l + crop]
-                                   for i, (t, l) in zip(index.tolist(), corners.tolist())]))
-        background = _to_float(images[index, :, :1, :1])  # the corner is always background
+                                   for i, (t, l) in zip(index.tolist(), corners.tolist())])
+                      ).to(device)
+        background = _to_float(images[index, :, :1, :1]).to(device)  # always background
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.mode()).sample
         loss = shape_weighted_loss(recon, x, background) + 1e-7 * posterior.kl().mean()
@@ -150,6 +179,7 @@ def train_decoder(vae: Any, images: Any, steps: int, batch: int, log: Any,
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     params = [p for p in vae.parameters() if p.requires_grad]
+    device = params[0].device
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     decay = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.05 + 0.475 * (1 + math.cos(math.pi * s / max(1, steps))))
@@ -159,7 +189,7 @@ def train_decoder(vae: Any, images: Any, steps: int, batch: int, log: Any,
     vae.train()
     for step in range(steps):
         index = torch.randint(0, len(images) - held, (batch,))
-        x = _to_float(images[index])
+        x = _to_float(images[index]).to(device)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.mode()
         background = x[:, :, :1, :1]
@@ -206,7 +236,8 @@ def reconstruct(vae: Any, x: Any) -> list[Any]:
     was = vae.training
     vae.eval()
     with torch.no_grad():
-        out = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        x = x.to(next(vae.parameters()).device)
+        out = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1).cpu()
     vae.train(was)
     pixels = ((out + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy().astype(np.uint8)
     return [Image.fromarray(p) for p in pixels]
@@ -231,11 +262,13 @@ def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps:
     from diffusers import DDPMScheduler
 
     tokenizer, text_encoder, unet = models["tokenizer"], models["text_encoder"], models["unet"]
+    device = next(unet.parameters()).device
     noise_scheduler = DDPMScheduler(**NOISE)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+                    truncation=True, return_tensors="pt").input_ids.to(device)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                      return_tensors="pt").input_ids
+                      return_tensors="pt").input_ids.to(device)
+    latents = latents.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = 100
@@ -250,18 +283,18 @@ def train_unet(models: dict[str, Any], latents: Any, captions: list[str], steps:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     # an exponential moving average of the weights samples far better than the last step's
     ema = [p.detach().clone() for p in params]
-    alphas = noise_scheduler.alphas_cumprod
+    alphas = noise_scheduler.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
     unet.train()
     text_encoder.train()
     for step in range(steps):
-        index = torch.randint(0, len(latents), (batch,))
+        index = torch.randint(0, len(latents), (batch,)).to(device)
         x0 = latents[index]
         tokens = ids[index].clone()
-        drop = torch.rand(batch) < CAPTION_DROP
+        drop = (torch.rand(batch) < CAPTION_DROP).to(device)
         tokens[drop] = empty
         noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch,))
+        t = torch.randint(0, 1000, (batch,)).to(device)
         noisy = noise_scheduler.add_noise(x0, noise, t)
         hidden = text_encoder(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
@@ -316,8 +349,14 @@ def train(out: Path, seed: int = 0, images: int = 16000,
           vae_steps: tuple[int, ...] = (1500, 800),
           unet_steps: tuple[int, ...] = (4000, 12000, 8000, 8000, 8000),
           batch: int = 32, lr: float = 1e-3, threads: int = 1, snapshot_every: int = 0,
-          decoder_steps: int = 3000) -> dict:
-    """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats."""
+          decoder_steps: int = 3000, device: str = "cpu",
+          unet_channels: tuple[int, ...] = UNET_CHANNELS,
+          attention_from: int = ATTENTION_FROM) -> dict:
+    """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats.
+
+    Every finished phase is cached beside `out` (VAE phases, the polished decoder, the
+    latents, each UNet phase), so a rerun with more phases picks up after the last one; a
+    UNet of other channels or attention levels keeps caches of its own."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -333,7 +372,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
 
     data, captions = world_dataset(images, seed)
     log(f"drew {len(captions)} scenes")
-    models = build_models(out / "tokenizer")
+    models = build_models(out / "tokenizer", unet_channels, attention_from)
+    models["vae"].to(device)
     # the VAE trains in phases (each a cosine schedule, the learning rate halved each time);
     # each phase is kept on disk, so a restarted run picks up after the last finished one
     from diffusers import AutoencoderKL
@@ -342,7 +382,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
         done = "+".join(str(n) for n in vae_steps[:phase + 1])
         vae_cache = out.parent / f".{out.name}-vae-{seed}-{images}-{done}"
         if (vae_cache / "config.json").exists():
-            models["vae"] = AutoencoderKL.from_pretrained(vae_cache)
+            models["vae"] = AutoencoderKL.from_pretrained(vae_cache).to(device)
             log(f"vae loaded from {vae_cache}")
             continue
         train_vae(models["vae"], data, vae_steps[phase], batch, log, lr=2e-3 / 2 ** phase)
@@ -352,7 +392,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
         # whole images, which changes no latent
         decoder_cache = vae_cache.parent / f"{vae_cache.name}-decoder-{decoder_steps}"
         if (decoder_cache / "config.json").exists():
-            models["vae"] = AutoencoderKL.from_pretrained(decoder_cache)
+            models["vae"] = AutoencoderKL.from_pretrained(decoder_cache).to(device)
             log(f"vae with its polished decoder loaded from {decoder_cache}")
         else:
             train_decoder(models["vae"], data, decoder_steps, batch, log)
@@ -364,8 +404,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
         latents = torch.load(latent_cache)
     else:
         with torch.no_grad():
-            latents = torch.cat([models["vae"].encode(_to_float(data[i:i + 256]))
-                                 .latent_dist.mode() for i in range(0, len(data), 256)])
+            latents = torch.cat([models["vae"].encode(_to_float(data[i:i + 256]).to(device))
+                                 .latent_dist.mode().cpu() for i in range(0, len(data), 256)])
         torch.save(latents, latent_cache)
     scale = float(1.0 / latents.std())
     models["vae"].register_to_config(scaling_factor=scale)
@@ -389,12 +429,16 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    models["unet"].to(device)
+    models["text_encoder"].to(device)
+    tag = architecture_tag(unet_channels, attention_from)
     for phase in range(len(unet_steps)):
         done = "+".join(str(n) for n in unet_steps[:phase + 1])
-        cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}"
+        cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}{tag}"
         if (cache / "unet" / "config.json").exists():
-            models["unet"] = UNet2DConditionModel.from_pretrained(cache / "unet")
-            models["text_encoder"] = CLIPTextModel.from_pretrained(cache / "text_encoder")
+            models["unet"] = UNet2DConditionModel.from_pretrained(cache / "unet").to(device)
+            models["text_encoder"] = CLIPTextModel.from_pretrained(
+                cache / "text_encoder").to(device)
             log(f"unet and text encoder loaded from {cache}")
             continue
         train_unet(models, latents, captions, unet_steps[phase], batch, lr / 2 ** phase, log,
@@ -402,7 +446,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
         models["unet"].save_pretrained(cache / "unet")
         models["text_encoder"].save_pretrained(cache / "text_encoder")
     save(out)
-    stats = {"seed": seed, "images": images, "vae_steps": vae_steps,
+    stats = {"seed": seed, "images": images, "vae_steps": vae_steps, "device": device,
+             "unet_channels": list(unet_channels), "attention_from": attention_from,
              "decoder_steps": decoder_steps, "unet_steps": unet_steps,
              "batch": batch, "lr": lr, "vae_seconds": round(vae_time, 1),
              "total_seconds": round(time.time() - started, 1),
@@ -429,9 +474,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="also save the EMA model every N steps (OUT-stepN) to judge it")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--unet-channels", type=lambda v: tuple(int(n) for n in v.split(",")),
+                        default=UNET_CHANNELS, help="channels per UNet level, like 48,96,96")
+    parser.add_argument("--attention-from", type=int, default=ATTENTION_FROM,
+                        help="cross-attention at every level from this one down "
+                             "(0: the 16x16 level too)")
     args = parser.parse_args()
+    if not 0 <= args.attention_from < len(args.unet_channels):
+        parser.error(f"--attention-from {args.attention_from}: the UNet has levels 0 to "
+                     f"{len(args.unet_channels) - 1}")
+    if any(c % 16 for c in args.unet_channels):
+        parser.error(f"--unet-channels {args.unet_channels}: each must divide by 16 "
+                     "(the GroupNorm groups)")
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
-          args.lr, args.threads, args.snapshot_every, args.decoder_steps)
+          args.lr, args.threads, args.snapshot_every, args.decoder_steps, args.device,
+          args.unet_channels, args.attention_from)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,27 @@ def test_min_shapes_sets_how_many_shapes_a_triplet_starts_from():
     assert {len(t["scene_before"]["shapes"]) for t in triplets} == {2}
     with pytest.raises(ValidationError, match="min_shapes 3 is above max_shapes 2"):
         ShapesCaptions.Options(min_shapes=3)
+
+
+def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_path):
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    from editkit_shapes.train_world import train
+
+    out = tmp_path / "sd"
+    stats = train(out, images=32, vae_steps=(2,), decoder_steps=2, unet_steps=(2, 2), batch=4,
+                  unet_channels=(32, 48, 48), attention_from=0)
+    assert stats["unet_channels"] == [32, 48, 48] and stats["attention_from"] == 0
+    caches = sorted(p.name for p in tmp_path.iterdir() if "-unet-" in p.name)
+    assert caches == [".sd-unet-0-32-2+2-c32.48.48-a0", ".sd-unet-0-32-2-c32.48.48-a0"]
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    config = pipe.unet.config
+    assert tuple(config.block_out_channels) == (32, 48, 48)
+    assert config.down_block_types[0] == "CrossAttnDownBlock2D"  # attention at 16x16 too
+    assert config.up_block_types[-1] == "CrossAttnUpBlock2D"
+    image = pipe("a red circle at the top left on a white background", num_inference_steps=2,
+                 height=64, width=64, output_type="pil").images[0]
+    assert image.size == (64, 64)
+    assert json.loads((out / "train_stats.json").read_text())["device"] == "cpu"
