@@ -42,12 +42,6 @@ class EditOptions(TrainOptions):
     text_dropout: float = Field(0.05, ge=0, le=1)
     image_dropout: float = Field(0.05, ge=0, le=1)
     both_dropout: float = Field(0.05, ge=0, le=1)
-    empty_instruction_keeps: bool = Field(
-        False, description="examples whose instruction is dropped (text_dropout) learn to "
-                           "return the input image, not the edited one; the image-only "
-                           "prediction that image guidance pulls toward is then the input "
-                           "kept as it is, and text guidance scales the edit alone. Default "
-                           "off (InstructPix2Pix's own dropout)")
     no_change_fraction: float = Field(
         0.0, ge=0, le=0.5,
         description="fraction of examples given an instruction naming something absent from "
@@ -263,18 +257,13 @@ class EditTask:
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,),
                                   generator=generator).to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
         text = self._encode(prompts)
         u = torch.rand(batch, generator=generator).to(self.device)
         o = self.options
         drop_text = u < o.text_dropout + o.both_dropout
         drop_image = (u >= o.text_dropout) & (u < o.text_dropout + o.both_dropout
                                               + o.image_dropout)
-        if o.empty_instruction_keeps:
-            # no instruction, the image kept: the target is the input image itself
-            keep = (drop_text & ~drop_image)[:, None, None, None]
-            scaled = image_latents * self.parts.vae.config.scaling_factor
-            latents = torch.where(keep, scaled.to(latents), latents)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
         text = torch.where(drop_text[:, None, None], self.null_embedding.to(text), text)
         image_latents = image_latents * (~drop_image).to(image_latents)[:, None, None, None]
         if scheduler.config.prediction_type == "v_prediction":
