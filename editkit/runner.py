@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import shutil
 from contextlib import nullcontext
@@ -57,8 +58,6 @@ def with_added_defaults(old: dict[str, Any], recipe: Recipe, stage: str) -> dict
     """A recorded stage config with the options its plugins gained since, where the recipe
     leaves them at their defaults: a plugin upgrade that adds an option (whose default keeps
     the old behaviour) must not invalidate runs made before it."""
-    import copy
-
     filled = copy.deepcopy(old)
     for where, plugin in recipe.plugins.items():
         if where.split(".")[0] != stage:
@@ -69,7 +68,7 @@ def with_added_defaults(old: dict[str, Any], recipe: Recipe, stage: str) -> dict
         fields = type(plugin.options).model_fields
         current = plugin.options_dict()
         for name, value in current.items():
-            if name in recorded or name not in fields or fields[name].is_required():
+            if name in recorded or fields[name].is_required():
                 continue
             field_default = fields[name].get_default(call_default_factory=True)
             as_default = plugin.options.model_copy(update={name: field_default})
