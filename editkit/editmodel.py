@@ -10,7 +10,10 @@ folder, a built-in tiny model, a finished run folder (its `train/final/`), a fol
      "base_probe": [32 numbers] (optional)}
 
 Either may add "guidance": {"text": T, "image": I}, the guidance the trainer recommends
-(`editkit edit` uses it when no --guidance / --image-guidance is given). "base_probe" is a
+(`editkit edit` uses it when no --guidance / --image-guidance is given). A LoRA may add
+"prediction_type" ("epsilon", "v_prediction" or "sample"): what its UNet was trained to
+predict, when that differs from its base's scheduler (a full pipeline's own scheduler config
+says it already). "base_probe" is a
 sample of the base UNet's weights when the LoRA was trained: a LoRA on a base that has since
 changed (a retrained local folder, an updated built-in model) loads without complaint and
 edits badly, so loading compares the sample and refuses with one clear line.
@@ -28,6 +31,7 @@ from .models import ModelRef, load, pick_device, pick_dtype, resolve
 
 DEFAULT_EDIT_MODEL = "timbrooks/instruct-pix2pix"
 WEIGHTS_FILE = "editkit_weights.json"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what a diffusers UNet may predict
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class EditModelSpec:
     conv_in: Path | None = None
     guidance: dict[str, float] | None = None  # recommended {"text": T, "image": I}
     base_probe: tuple[float, ...] | None = None  # the base's weights_probe at training time
+    prediction_type: str | None = None  # the LoRA's, when it differs from the base's
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"ref": self.ref, "type": self.type,
@@ -49,6 +54,8 @@ class EditModelSpec:
             info["conv_in"] = str(self.conv_in)
         if self.guidance is not None:
             info["guidance"] = self.guidance
+        if self.prediction_type is not None:
+            info["prediction_type"] = self.prediction_type
         return info
 
 
@@ -70,6 +77,11 @@ def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpe
     if data.get("type") == "lora":
         lora = folder / data.get("lora", "pytorch_lora_weights.safetensors")
         conv_in = folder / data["conv_in"] if data.get("conv_in") else None
+        prediction = data.get("prediction_type")
+        if prediction is not None and prediction not in PREDICTION_TYPES:
+            raise ModelError(f"{folder / WEIGHTS_FILE} has an unknown prediction_type "
+                             f"{prediction!r}", f"expected one of {', '.join(PREDICTION_TYPES)}, "
+                             "or no entry (the base's)")
         probe = data.get("base_probe")
         if probe is not None and not (isinstance(probe, list) and probe and all(
                 isinstance(v, (int, float)) for v in probe)):
@@ -78,7 +90,8 @@ def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpe
         # a --base chosen by the user is taken as meant: the probe checks only the recorded one
         return EditModelSpec(ref, "lora", resolve(base or data.get("base") or
                                                   DEFAULT_EDIT_MODEL), lora, conv_in,
-                             guidance, tuple(probe) if probe and not base else None)
+                             guidance, tuple(probe) if probe and not base else None,
+                             prediction)
     raise ModelError(f"{folder / WEIGHTS_FILE} has unknown type {data.get('type')!r}",
                      "expected 'pipeline' or 'lora'")
 
@@ -109,7 +122,8 @@ def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpe
         if sibling.exists():
             spec = _from_weights_file(text, path.parent, base)
             return EditModelSpec(text, "lora", spec.pipeline, path, spec.conv_in,
-                                 base_probe=spec.base_probe)
+                                 base_probe=spec.base_probe,
+                                 prediction_type=spec.prediction_type)
         return EditModelSpec(text, "lora", resolve(base or DEFAULT_EDIT_MODEL), path)
     return EditModelSpec(text, "pipeline", resolve(text))
 
@@ -130,6 +144,14 @@ def is_text_to_image(ref: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return unet.get("in_channels", 4) == unet.get("out_channels", 4)
+
+
+def with_prediction_type(scheduler: Any, prediction_type: str | None) -> Any:
+    """`scheduler` as it is, or a copy of its class whose model predicts `prediction_type`
+    (the noise, the velocity, or the clean latents themselves)."""
+    if prediction_type is None or prediction_type == scheduler.config.prediction_type:
+        return scheduler
+    return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
 def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
@@ -235,5 +257,6 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                              "check that the LoRA was trained on this base (--base)") from exc
         _check_lora_loaded(pipe.unet, spec)
+    pipe.scheduler = with_prediction_type(pipe.scheduler, spec.prediction_type)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,7 +22,8 @@ from .loop import seed_for
 from .memory import ModelSize, model_size
 from .options import TrainOptions
 from .tracker import Tracker
-from .unet import Components, conv_in_state, diffusion_loss, load_components, lora_layers
+from .unet import (Components, conv_in_state, diffusion_goal, diffusion_loss, load_components,
+                   lora_layers, with_prediction_type)
 
 # Words that say what to do, not what to do it to: skipped when looking for the edit's object.
 _VERBS = set("""a an the of and with in on at to for from into it them this that there make
@@ -56,6 +57,12 @@ class EditOptions(TrainOptions):
                                   "--guidance is given")
     image_guidance_scale: float = Field(1.5, description="image guidance of the validation "
                                         "edits; recommended to `editkit edit` the same way")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = Field(
+        None, description="what the editor's UNet predicts: the noise, the velocity or the "
+                          "edited image's latents themselves (sample); default: the base's. "
+                          "Recorded with the weights, so every loader samples it right. "
+                          "`sample` lets a small UNet copy what the edit keeps exactly "
+                          "(BENCHMARKS.md, shapes editor)")
 
     @model_validator(mode="after")
     def _dropout_sum(self) -> "EditOptions":
@@ -97,6 +104,8 @@ class EditTask:
         if len(problems) > 5:
             log(f"skipped {len(problems) - 5} more rows")
         parts = load_components(self.options.base, edit=True)
+        parts.noise_scheduler = with_prediction_type(parts.noise_scheduler,
+                                                     self.options.prediction_type)
         self.parts = parts
         self.base_probe = weights_probe(parts.unet)  # before any LoRA layer wraps a weight
         if parts.widened:
@@ -266,10 +275,7 @@ class EditTask:
                                               + o.image_dropout)
         text = torch.where(drop_text[:, None, None], self.null_embedding.to(text), text)
         image_latents = image_latents * (~drop_image).to(image_latents)[:, None, None, None]
-        if scheduler.config.prediction_type == "v_prediction":
-            goal = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            goal = noise
+        goal = diffusion_goal(scheduler, latents, noise, timesteps)
         model_input = torch.cat([noisy, image_latents], dim=1)
         unet_dtype = next(p for p in self.parts.unet.parameters()).dtype
         pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
@@ -379,6 +385,7 @@ class EditTask:
             return {"type": "lora", "base": self.options.base,
                     "lora": "pytorch_lora_weights.safetensors", "conv_in": conv_in,
                     "rank": self.lora.rank, "guidance": guidance,
+                    "prediction_type": self.parts.noise_scheduler.config.prediction_type,
                     "base_probe": self.base_probe}
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from editkit.editmodel import widen_conv_in  # noqa: F401  (the one widening, shared)
+from editkit.editmodel import with_prediction_type  # noqa: F401  (shared with the loader)
 from editkit.models import ModelRef, load, resolve
 
 
@@ -62,12 +63,23 @@ def lora_layers(module: Any) -> dict[str, Any]:
             for k, v in get_peft_model_state_dict(module).items()}
 
 
+def diffusion_goal(scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> Any:
+    """What the UNet is trained to predict under the scheduler's prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    return noise
+
+
 def diffusion_loss(scheduler: Any, pred: Any, goal: Any, timesteps: Any,
                    snr_gamma: float | None) -> Any:
-    """Mean squared error of `pred` against `goal` (noise or velocity), per example weighted
-    by min-SNR-gamma when `snr_gamma` is set: the easy low-noise steps count for less. With
-    v-prediction the weight also falls towards zero at high noise (BENCHMARKS.md: it hurt
-    the shapes editor, which learns to keep its input's background there)."""
+    """Mean squared error of `pred` against `goal` (noise, velocity or clean latents), per
+    example weighted by min-SNR-gamma when `snr_gamma` is set: the easy low-noise steps count
+    for less. With v-prediction the weight also falls towards zero at high noise
+    (BENCHMARKS.md: it hurt the shapes editor, which learns to keep its input's background
+    there); with sample (x0) prediction it is min(SNR, gamma) itself."""
     import torch
     import torch.nn.functional as F
 
@@ -76,7 +88,10 @@ def diffusion_loss(scheduler: Any, pred: Any, goal: Any, timesteps: Any,
     alphas = scheduler.alphas_cumprod.to(pred.device)[timesteps].float()
     snr = alphas / (1 - alphas)
     weight = torch.clamp(snr, max=snr_gamma)
-    weight = weight / (snr + 1) if scheduler.config.prediction_type == "v_prediction" \
-        else weight / snr
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        weight = weight / (snr + 1)
+    elif kind != "sample":
+        weight = weight / snr
     per_example = ((pred.float() - goal.float()) ** 2).mean(dim=tuple(range(1, pred.dim())))
     return (weight * per_example).mean()

@@ -15,7 +15,7 @@ from editkit.training.edit import _to_tensor
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize
 from editkit.training.tracker import Tracker
-from editkit.training.unet import diffusion_loss, load_components, lora_layers
+from editkit.training.unet import diffusion_goal, diffusion_loss, load_components, lora_layers
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -185,8 +185,7 @@ class DreamBoothTask:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(examples),),
                                   generator=generator).to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        goal = (scheduler.get_velocity(latents, noise, timesteps)
-                if scheduler.config.prediction_type == "v_prediction" else noise)
+        goal = diffusion_goal(scheduler, latents, noise, timesteps)
         unet_dtype = next(self.parts.unet.parameters()).dtype
         pred = model(noisy.to(unet_dtype), timesteps,
                      self._ids([row.prompt for row in examples])).float()

@@ -51,7 +51,7 @@ def test_lora_export_loads_into_instruct_pix2pix_pipeline_and_changes_output(pai
     assert len(meta.pop("base_probe")) == 32
     assert meta == {"type": "lora", "base": "tiny-ip2p",
                     "lora": "pytorch_lora_weights.safetensors", "conv_in": None, "rank": 4,
-                    "guidance": {"text": 2.5, "image": 1.5}}
+                    "guidance": {"text": 2.5, "image": 1.5}, "prediction_type": "epsilon"}
     assert result["type"] == "lora" and result["steps"] == 6
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_model("tiny-ip2p"))
     pipe.set_progress_bar_config(disable=True)
@@ -241,3 +241,44 @@ def test_a_lora_whose_base_changed_since_training_is_refused(pairs, tmp_path):
     with pytest.raises(ModelError, match="base weights have changed"):
         load_edit_pipeline(final, device="cpu")
     load_edit_pipeline(final, device="cpu", base=str(base))  # asked for: taken as meant
+
+
+def test_sample_prediction_is_trained_recorded_and_sampled_that_way(pairs, tmp_path):
+    """`prediction_type: sample` trains the UNet on the clean latents (a v-prediction base
+    here), the LoRA records it, and every loader samples with it; an unknown recorded type is
+    a one-line error."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from editkit.editmodel import load_edit_pipeline
+    from editkit.errors import ModelError
+    from editkit.training.unet import diffusion_goal, diffusion_loss
+
+    scheduler = DDPMScheduler(prediction_type="sample")
+    latents, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    t = torch.tensor([10, 900])
+    assert torch.equal(diffusion_goal(scheduler, latents, noise, t), latents)
+    v = DDPMScheduler(prediction_type="v_prediction")
+    assert torch.allclose(diffusion_goal(v, latents, noise, t), v.get_velocity(latents, noise, t))
+    assert torch.equal(diffusion_goal(DDPMScheduler(), latents, noise, t), noise)
+    # min-SNR for x0 targets is min(SNR, gamma) itself: the noisy step counts for much less
+    errors = torch.stack([torch.ones(4, 4, 4), torch.ones(4, 4, 4)])
+    low, high = (diffusion_loss(scheduler, errors[k:k + 1], 0 * errors[k:k + 1], t[k:k + 1], 5.0)
+                 for k in range(2))
+    assert float(low) == pytest.approx(5.0) and float(high) < 0.01
+
+    train_lora(pairs, tmp_path / "train", base="tiny-sd-v", steps=4, checkpoint_every=4,
+               prediction_type="sample")
+    final = tmp_path / "train" / "final"
+    meta = json.loads((final / "editkit_weights.json").read_text())
+    assert meta["prediction_type"] == "sample"
+    pipe, spec = load_edit_pipeline(final, device="cpu")
+    assert pipe.scheduler.config.prediction_type == "sample"
+    assert spec.describe()["prediction_type"] == "sample"
+    pipe, _ = load_edit_pipeline(final / "pytorch_lora_weights.safetensors", device="cpu")
+    assert pipe.scheduler.config.prediction_type == "sample"
+    assert np.isfinite(edit(pipe)).all()
+    meta["prediction_type"] = "x0"
+    (final / "editkit_weights.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="unknown prediction_type 'x0'"):
+        load_edit_pipeline(final, device="cpu")
