@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .oracle import read_scene, same_scene
-from .train_world import reconstruct
+from .train_world import reconstruct, vae_locality
 from .world import Scene, Shape, draw, random_scene
 
 SHAPE_ATTRIBUTES = ("kind", "colour", "size", "position")
@@ -124,6 +124,9 @@ def main() -> None:
         timings[label] = seconds
     print(f"{args.samples} prompts, {args.steps} DDIM steps, seed {args.seed}")
     print(format_table(rows))
+    locality = vae_locality(pipe.vae)
+    print("vae locality (kept shapes' latents from the before image, the rest from the after "
+          "image, decoded and judged): " + ", ".join(f"{k} {v:.3f}" for k, v in locality.items()))
     for label, seconds in timings.items():
         print(f"{label}: {seconds:.3f} s per image (batches of 16)")
 

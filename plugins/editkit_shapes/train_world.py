@@ -8,11 +8,17 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
 
     python -m editkit_shapes.train_world OUT [--seed 0] [--vae-steps 1500+800] \
         [--decoder-steps 3000] [--unet-steps 4000+12000+8000+8000+8000] [--snapshot-every 2000]
-        [--device cuda] [--unet-channels 32,64,64] [--attention-from 1]
+        [--device cuda] [--unet-channels 32,64,64] [--attention-from 1] [--locality-steps N]
 
 `--unet-channels` and `--attention-from` (0: cross-attention at the 16x16 level too) train
 a UNet of another size than the shipped one, with caches of its own; `--device cuda` runs
 every phase on a GPU. The shipped model is the defaults, trained on one CPU thread.
+
+`--locality-steps N` adds a VAE phase after the decoder polish (`train_locality`): the
+shipped VAE's latents are not local (GroupNorm statistics and a wide receptive field put the
+background and the other shape into every cell), so an editor that copied the cells of what
+an edit keeps would still get 0.23 of background edits right (`vae_locality`). The new
+latents need a UNet trained on them: its caches are tagged `-lN`.
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns
 where a prompt puts a shape: position 0.19 -> 0.59 -> 0.70 -> 0.71 of samples, every attribute
@@ -30,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .world import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZES, draw, random_scene
+from .world import (BACKGROUNDS, COLOURS, COLUMNS, IMAGE_SIZE, ROWS, SHAPES, SIZES, Scene, draw,
+                    random_scene, shape_box)
 
 CAPTION_DROP = 0.1
 # DDPM's linear schedule, not Stable Diffusion's scaled one: at 16x16 latents SD's last step
@@ -128,20 +135,39 @@ def shape_weighted_loss(recon: Any, x: Any, background: Any) -> Any:
     return (weight * (recon - x).abs()).mean() + (weight * (recon - x) ** 2).mean()
 
 
+def _cosine_adamw(params: Any, lr: float, steps: int) -> tuple[Any, Any]:
+    """AdamW without weight decay and a cosine from lr down to a twentieth (the VAE phases)."""
+    import math
+
+    import torch
+
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    decay = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: 0.05 + 0.475 * (1 + math.cos(math.pi * s / max(1, steps))))
+    return optimiser, decay
+
+
+def _update(loss: Any, params: Any, optimiser: Any, decay: Any) -> None:
+    """One clipped optimiser step and one schedule step."""
+    import torch
+
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimiser.step()
+    decay.step()
+
+
 def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int = 32,
               lr: float = 2e-3) -> None:
     """A deterministic autoencoder (the posterior's mode; the KL term only keeps the latents
     tame) trained on 32 px crops, one random crop per image: the VAE is convolutional, so crops
     teach it the same edges and colours at a quarter of the cost. The loss weighs the shapes'
     pixels 10x: they are a tenth of the image, and the oracle reads their colour and corners."""
-    import math
-
     import torch
 
     device = next(vae.parameters()).device
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    decay = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: 0.05 + 0.475 * (1 + math.cos(math.pi * s / max(1, steps))))
+    optimiser, decay = _cosine_adamw(vae.parameters(), lr, steps)
     size = images.shape[-1]
     check = _to_float(images[:64])
     vae.train()
@@ -155,11 +181,7 @@ def train_vae(vae: Any, images: Any, steps: int, batch: int, log: Any, crop: int
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.mode()).sample
         loss = shape_weighted_loss(recon, x, background) + 1e-7 * posterior.kl().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimiser.step()
-        decay.step()
+        _update(loss, vae.parameters(), optimiser, decay)
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step} loss {loss.item():.5f} oracle {vae_oracle(vae, check):.3f}")
     vae.eval()
@@ -171,8 +193,6 @@ def train_decoder(vae: Any, images: Any, steps: int, batch: int, log: Any,
     the UNet trained on them) stay valid. The crop-trained VAE shifted colours on gray
     backgrounds (red read as orange) and rounded small corners: a tenth of clean world
     images came back as another scene, capping every stage judged through it."""
-    import math
-
     import torch
 
     vae.requires_grad_(False)
@@ -180,9 +200,7 @@ def train_decoder(vae: Any, images: Any, steps: int, batch: int, log: Any,
     vae.post_quant_conv.requires_grad_(True)
     params = [p for p in vae.parameters() if p.requires_grad]
     device = params[0].device
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    decay = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: 0.05 + 0.475 * (1 + math.cos(math.pi * s / max(1, steps))))
+    optimiser, decay = _cosine_adamw(params, lr, steps)
     held = min(256, len(images) // 4)  # the oracle check's images, not trained on
     check = _to_float(images[-held:])
     log(f"decoder start: oracle {vae_oracle(vae, check):.3f} ({held} held-back images)")
@@ -195,16 +213,118 @@ def train_decoder(vae: Any, images: Any, steps: int, batch: int, log: Any,
         background = x[:, :, :1, :1]
         recon = vae.decode(latents).sample
         loss = shape_weighted_loss(recon, x, background)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
-        decay.step()
+        _update(loss, params, optimiser, decay)
         if step % 500 == 0 or step == steps - 1:
             log(f"decoder step {step} loss {loss.item():.5f} "
                 f"oracle {vae_oracle(vae, check):.3f}")
     vae.requires_grad_(True)
     vae.eval()
+
+
+def kept_cells(before: Scene, after: Scene, cells: int) -> Any:
+    """(cells, cells) float mask: 1 on the latent cells under the shapes an edit keeps."""
+    import math
+
+    import torch
+
+    mask = torch.zeros(cells, cells)
+    step = IMAGE_SIZE / cells
+    for shape in set(before.shapes) & set(after.shapes):
+        left, top, right, bottom = shape_box(shape)
+        mask[int(top // step):math.ceil(bottom / step),
+             int(left // step):math.ceil(right / step)] = 1
+    return mask
+
+
+def _pair_batch(pairs: list[Any], cells: int) -> tuple[Any, Any, Any]:
+    """Drawn before and after images (N x 3 x 64 x 64 in [-1, 1]) and kept-cell masks."""
+    import numpy as np
+    import torch
+
+    images = {scene: np.asarray(draw(scene)) for p in pairs for scene in (p.before, p.after)}
+    before = torch.from_numpy(np.stack([images[p.before] for p in pairs]))
+    after = torch.from_numpy(np.stack([images[p.after] for p in pairs]))
+    masks = torch.stack([kept_cells(p.before, p.after, cells) for p in pairs])[:, None]
+    return (_to_float(before.permute(0, 3, 1, 2)), _to_float(after.permute(0, 3, 1, 2)),
+            masks)
+
+
+def vae_locality(vae: Any, count: int = 128, seed: int = 0) -> dict[str, float]:
+    """How local the latents are: for `count` world edits, the kept shapes' latent cells are
+    taken from the before image and every other cell from the after image, as an editor that
+    copies what it keeps would; the fraction decoded to the right edit, overall and per edit
+    kind. 1.0 means copying kept cells is enough; the shipped VAE's latents also carry the
+    background and the other shape (GroupNorm statistics, a wide receptive field)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .judge import change_of, judge_change
+    from .oracle import read_scene
+    from .pairs import world_pairs
+
+    pairs = world_pairs(count, seed)
+    device = next(vae.parameters()).device
+    cells = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    before, after, masks = _pair_batch(pairs, cells)
+    was = vae.training
+    vae.eval()
+    with torch.no_grad():
+        zb = vae.encode(before.to(device)).latent_dist.mode()
+        za = vae.encode(after.to(device)).latent_dist.mode()
+        masks = masks.to(device)
+        out = vae.decode(masks * zb + (1 - masks) * za).sample.clamp(-1, 1).cpu()
+    vae.train(was)
+    pixels = ((out + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    right: dict[str, list[bool]] = {}
+    for pair, image in zip(pairs, pixels):
+        good = judge_change(pair.before, change_of(pair.before, pair.after),
+                            read_scene(Image.fromarray(image))).good
+        right.setdefault("all", []).append(good)
+        right.setdefault(pair.kind, []).append(good)
+    return {kind: float(np.mean(v)) for kind, v in right.items()}
+
+
+LOCALITY_BATCH = 16  # pairs a step: four decodes each, as many images as a 32-image VAE step
+
+
+def train_locality(vae: Any, steps: int, log: Any, seed: int = 0, batch: int = LOCALITY_BATCH,
+                   lr: float = 5e-4, pool: int = 4000, weight: float = 0.05) -> None:
+    """Teach encoder and decoder that a shape's latents are its own: on world edits, the
+    latents of the before and after images spliced (kept shapes' cells from one, the rest
+    from the other) must decode to the image the splice stands for, and the kept cells must
+    encode alike (`weight`). Reconstruction of both images is kept in the loss. The latents
+    change, so a UNet must be trained on them afterwards."""
+    import torch
+
+    from .pairs import world_pairs
+
+    pairs = world_pairs(pool, seed + 7919)  # not the pairs `vae_locality` measures on
+    device = next(vae.parameters()).device
+    cells = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    drawn = _pair_batch(pairs, cells)  # drawn once: drawing costs more than a step
+    optimiser, decay = _cosine_adamw(vae.parameters(), lr, steps)
+    rng = random.Random(seed)
+    log(f"locality start: {vae_locality(vae)}")
+    vae.train()
+    for step in range(steps):
+        index = torch.tensor(rng.sample(range(pool), batch))
+        before, after, masks = (t[index].to(device) for t in drawn)
+        zb = vae.encode(before).latent_dist.mode()
+        za = vae.encode(after).latent_dist.mode()
+        spliced = torch.cat([masks * zb + (1 - masks) * za, masks * za + (1 - masks) * zb,
+                             zb, za])
+        targets = torch.cat([after, before, before, after])
+        recon = vae.decode(spliced).sample
+        loss = shape_weighted_loss(recon, targets, targets[:, :, :1, :1])
+        same = (masks * (zb - za) ** 2).sum() / (masks.sum() * zb.shape[1]).clamp(min=1)
+        loss = loss + weight * same
+        _update(loss, vae.parameters(), optimiser, decay)
+        if step % 250 == 0 or step == steps - 1:
+            log(f"locality step {step} loss {loss.item():.5f} kept-cell distance "
+                f"{same.item():.4f}")
+    vae.eval()
+    log(f"locality end: {vae_locality(vae)}")
 
 
 # the posterior's log-variance after `make_deterministic`: diffusers clamps it at -30, so a
@@ -351,7 +471,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
           batch: int = 32, lr: float = 1e-3, threads: int = 1, snapshot_every: int = 0,
           decoder_steps: int = 3000, device: str = "cpu",
           unet_channels: tuple[int, ...] = UNET_CHANNELS,
-          attention_from: int = ATTENTION_FROM) -> dict:
+          attention_from: int = ATTENTION_FROM, locality_steps: int = 0) -> dict:
     """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats.
 
     Every finished phase is cached beside `out` (VAE phases, the polished decoder, the
@@ -397,6 +517,19 @@ def train(out: Path, seed: int = 0, images: int = 16000,
         else:
             train_decoder(models["vae"], data, decoder_steps, batch, log)
             models["vae"].save_pretrained(decoder_cache)
+    if locality_steps:
+        # encoder and decoder learn that a shape's latents are its own (train_locality); the
+        # latents change, so the latents and UNet caches below are this VAE's own
+        polished = decoder_cache if decoder_steps else vae_cache
+        local_cache = polished.parent / f"{polished.name}-local-{locality_steps}"
+        if (local_cache / "config.json").exists():
+            models["vae"] = AutoencoderKL.from_pretrained(local_cache).to(device)
+            log(f"local vae loaded from {local_cache}")
+        else:
+            train_locality(models["vae"], locality_steps, log, seed,
+                           pool=max(LOCALITY_BATCH, min(4000, images // 4)))
+            models["vae"].save_pretrained(local_cache)
+        vae_cache = local_cache
     make_deterministic(models["vae"])
     vae_time = time.time() - started
     latent_cache = vae_cache.parent / f"{vae_cache.name}-latents.pt"
@@ -431,7 +564,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
 
     models["unet"].to(device)
     models["text_encoder"].to(device)
-    tag = architecture_tag(unet_channels, attention_from)
+    tag = architecture_tag(unet_channels, attention_from) + \
+        (f"-l{locality_steps}" if locality_steps else "")
     for phase in range(len(unet_steps)):
         done = "+".join(str(n) for n in unet_steps[:phase + 1])
         cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}{tag}"
@@ -448,7 +582,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     save(out)
     stats = {"seed": seed, "images": images, "vae_steps": vae_steps, "device": device,
              "unet_channels": list(unet_channels), "attention_from": attention_from,
-             "decoder_steps": decoder_steps, "unet_steps": unet_steps,
+             "decoder_steps": decoder_steps, "locality_steps": locality_steps,
+             "unet_steps": unet_steps,
              "batch": batch, "lr": lr, "vae_seconds": round(vae_time, 1),
              "total_seconds": round(time.time() - started, 1),
              "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
@@ -469,6 +604,9 @@ def main() -> None:
                         help="steps of each UNet phase, like 4000+2000")
     parser.add_argument("--decoder-steps", type=int, default=3000,
                         help="then the decoder alone on whole images (latents unchanged)")
+    parser.add_argument("--locality-steps", type=int, default=0,
+                        help="after the VAE phases, teach it that a shape's latents are its "
+                             "own (train_locality; default 0, as shipped)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
@@ -489,7 +627,7 @@ def main() -> None:
                      "(the GroupNorm groups)")
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
           args.lr, args.threads, args.snapshot_every, args.decoder_steps, args.device,
-          args.unet_channels, args.attention_from)
+          args.unet_channels, args.attention_from, args.locality_steps)
 
 
 if __name__ == "__main__":

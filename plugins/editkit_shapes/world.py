@@ -75,6 +75,13 @@ def cell_centre(row: str, column: str, size: int = IMAGE_SIZE) -> tuple[float, f
     return (COLUMNS.index(column) + 0.5) * step, (ROWS.index(row) + 0.5) * step
 
 
+def shape_box(shape: Shape, size: int = IMAGE_SIZE) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the box the shape is drawn in, on a `size` px image."""
+    cx, cy = cell_centre(shape.row, shape.column, size)
+    half = SIZES[shape.size] * size / IMAGE_SIZE / 2
+    return cx - half, cy - half, cx + half, cy + half
+
+
 def draw(scene: Scene, size: int = IMAGE_SIZE, supersample: int = 4) -> Any:
     """The scene as an RGB PIL image, drawn large and downsampled for smooth edges."""
     from PIL import Image, ImageDraw
@@ -83,15 +90,13 @@ def draw(scene: Scene, size: int = IMAGE_SIZE, supersample: int = 4) -> Any:
     image = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     pen = ImageDraw.Draw(image)
     for shape in scene.shapes:
-        cx, cy = cell_centre(shape.row, shape.column, big)
-        half = SIZES[shape.size] * big / IMAGE_SIZE / 2
-        box = (cx - half, cy - half, cx + half, cy + half)
+        box = shape_box(shape, big)
+        left, top, right, bottom = box
         fill = COLOURS[shape.colour]
         if shape.kind == "circle":
             pen.ellipse(box, fill=fill)
         elif shape.kind == "square":
             pen.rectangle(box, fill=fill)
         else:
-            pen.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)],
-                        fill=fill)
+            pen.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
     return image.resize((size, size), Image.LANCZOS)

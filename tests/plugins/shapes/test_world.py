@@ -110,10 +110,13 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
 
     out = tmp_path / "sd"
     stats = train(out, images=32, vae_steps=(2,), decoder_steps=2, unet_steps=(2, 2), batch=4,
-                  unet_channels=(32, 48, 48), attention_from=0)
+                  unet_channels=(32, 48, 48), attention_from=0, locality_steps=2)
     assert stats["unet_channels"] == [32, 48, 48] and stats["attention_from"] == 0
+    assert stats["locality_steps"] == 2
     caches = sorted(p.name for p in tmp_path.iterdir() if "-unet-" in p.name)
-    assert caches == [".sd-unet-0-32-2+2-c32.48.48-a0", ".sd-unet-0-32-2-c32.48.48-a0"]
+    assert caches == [".sd-unet-0-32-2+2-c32.48.48-a0-l2", ".sd-unet-0-32-2-c32.48.48-a0-l2"]
+    assert (tmp_path / ".sd-vae-0-32-2-decoder-2-local-2" / "config.json").exists()
+    assert (tmp_path / ".sd-vae-0-32-2-decoder-2-local-2-latents.pt").exists()
     pipe = StableDiffusionPipeline.from_pretrained(out)
     config = pipe.unet.config
     assert tuple(config.block_out_channels) == (32, 48, 48)
@@ -123,3 +126,26 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
                  height=64, width=64, output_type="pil").images[0]
     assert image.size == (64, 64)
     assert json.loads((out / "train_stats.json").read_text())["device"] == "cpu"
+
+
+def test_kept_cells_cover_the_kept_shape_only_and_locality_finds_the_shipped_vae_entangled():
+    """The mask an editor that copies what it keeps would use; the shipped VAE's latents carry
+    the background under every shape, so copying a shape's cells fails most background edits
+    (the shapes editor's preservation ceiling, BENCHMARKS.md session 8)."""
+    from diffusers import AutoencoderKL
+
+    from editkit.models import resolve
+    from editkit_shapes.train_world import kept_cells, vae_locality
+    from editkit_shapes.world import Scene, Shape
+
+    square = Shape("square", "red", "small", "top", "left")  # 12 px box centred at (10.7, 10.7)
+    circle = Shape("circle", "blue", "large", "bottom", "right")
+    before = Scene((square, circle), "white")
+    after = Scene((square, Shape("circle", "green", "large", "bottom", "right")), "white")
+    mask = kept_cells(before, after, 16)
+    assert mask[1:5, 1:5].all() and mask.sum() == 16  # the square's 4x4 cells, nothing else
+    assert kept_cells(before, Scene(before.shapes, "black"), 16).sum() == 16 + 36
+    vae = AutoencoderKL.from_pretrained(resolve("shapes-sd").location, subfolder="vae")
+    locality = vae_locality(vae, count=64)
+    assert set(locality) >= {"all", "background", "colour"}
+    assert locality["background"] < 0.5 < locality["colour"]
