@@ -17,8 +17,9 @@ every phase on a GPU. The shipped model is the defaults, trained on one CPU thre
 `--locality-steps N` adds a VAE phase after the decoder polish (`train_locality`): the
 shipped VAE's latents are not local (GroupNorm statistics and a wide receptive field put the
 background and the other shape into every cell), so an editor that copied the cells of what
-an edit keeps would still get 0.23 of background edits right (`vae_locality`). The new
-latents need a UNet trained on them: its caches are tagged `-lN`.
+an edit keeps would still get 0.23 of background edits right (`vae_locality`); after 2000
+locality steps 1.00 (all edits 0.99, round trip 0.996). The new latents need a UNet trained
+on them: its caches are tagged `-lN`.
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns
 where a prompt puts a shape: position 0.19 -> 0.59 -> 0.70 -> 0.71 of samples, every attribute
