@@ -12,8 +12,8 @@ folder, a built-in tiny model, a finished run folder (its `train/final/`), a fol
 Either may add "guidance": {"text": T, "image": I}, the guidance the trainer recommends
 (`editkit edit` uses it when no --guidance / --image-guidance is given). A LoRA may add
 "prediction_type" ("epsilon", "v_prediction" or "sample"): what its UNet was trained to
-predict, when that differs from its base's scheduler (a full pipeline's own scheduler config
-says it already). "base_probe" is a
+predict (editkit's trainers always write it; absent, the base's scheduler decides; a full
+pipeline's own scheduler config says it already). "base_probe" is a
 sample of the base UNet's weights when the LoRA was trained: a LoRA on a base that has since
 changed (a retrained local folder, an updated built-in model) loads without complaint and
 edits badly, so loading compares the sample and refuses with one clear line.
@@ -43,7 +43,7 @@ class EditModelSpec:
     conv_in: Path | None = None
     guidance: dict[str, float] | None = None  # recommended {"text": T, "image": I}
     base_probe: tuple[float, ...] | None = None  # the base's weights_probe at training time
-    prediction_type: str | None = None  # the LoRA's, when it differs from the base's
+    prediction_type: str | None = None  # the LoRA's recorded one; None: the base's
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"ref": self.ref, "type": self.type,

@@ -237,6 +237,11 @@ def kept_cells(before: Scene, after: Scene, cells: int) -> Any:
     return mask
 
 
+def _latent_cells(vae: Any) -> int:
+    """Latent cells across a world image: the VAE halves the size at each block but the last."""
+    return IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def _pair_batch(pairs: list[Any], cells: int) -> tuple[Any, Any, Any]:
     """Drawn before and after images (N x 3 x 64 x 64 in [-1, 1]) and kept-cell masks."""
     import numpy as np
@@ -266,7 +271,7 @@ def vae_locality(vae: Any, count: int = 128, seed: int = 0) -> dict[str, float]:
 
     pairs = world_pairs(count, seed)
     device = next(vae.parameters()).device
-    cells = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    cells = _latent_cells(vae)
     before, after, masks = _pair_batch(pairs, cells)
     was = vae.training
     vae.eval()
@@ -302,7 +307,7 @@ def train_locality(vae: Any, steps: int, log: Any, seed: int = 0, batch: int = L
 
     pairs = world_pairs(pool, seed + 7919)  # not the pairs `vae_locality` measures on
     device = next(vae.parameters()).device
-    cells = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+    cells = _latent_cells(vae)
     drawn = _pair_batch(pairs, cells)  # drawn once: drawing costs more than a step
     optimiser, decay = _cosine_adamw(vae.parameters(), lr, steps)
     rng = random.Random(seed)
