@@ -51,3 +51,25 @@ def test_a_missing_dataset_is_one_clear_line(tmp_path, cli):
     done = cli("run", recipe)
     assert done.returncode != 0
     assert "has no metadata.jsonl" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_trainer_given_its_own_dataset_needs_no_render(pairs, tmp_path, cli):
+    """`--only train` with `train.options.dataset` trains on those pairs even in a recipe whose
+    render stage has not run (probing an editor on pairs made elsewhere)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(out=tmp_path / "run", data=pairs, steps=2) + """
+captions:
+  use: template
+  count: 3
+  options: {subjects: [car, tree], attributes: [red, blue], edits: [change]}
+render:
+  use: prompt-to-prompt
+  options: {model: tiny-sd, samples: 1, steps: 2, width: 32, height: 32}
+""")
+    done = cli("run", recipe, "--only", "train")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "train" / "final" / "editkit_weights.json").exists()
+    assert not (tmp_path / "run" / "render").exists()
+    recipe.write_text(recipe.read_text().replace(f"dataset: {pairs}, ", ""))
+    refused = cli("run", recipe, "--only", "train", "--fresh")
+    assert refused.returncode != 0 and "has no dataset yet" in refused.stderr
