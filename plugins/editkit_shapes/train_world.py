@@ -9,6 +9,8 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
     python -m editkit_shapes.train_world OUT [--seed 0] [--vae-steps 1500+800] \
         [--decoder-steps 3000] [--unet-steps 4000+12000+8000+8000+8000] [--snapshot-every 2000]
         [--device cuda] [--unet-channels 32,64,64] [--attention-from 1] [--locality-steps N]
+    python -m editkit_shapes.train_world OUT --start-from shapes-sd --locality-steps 2000 \
+        --unet-steps 8000 --lr 2.5e-4      # continue a trained model on local latents
 
 `--unet-channels` and `--attention-from` (0: cross-attention at the 16x16 level too) train
 a UNet of another size than the shipped one, with caches of its own; `--device cuda` runs
@@ -471,18 +473,52 @@ class swapped:
                 p.copy_(s)
 
 
+def _started(out: Path, start_from: str, log: Any) -> tuple[dict[str, Any], Path]:
+    """The parts of a trained pipeline to continue from, and the name its caches start with
+    (the start model's folder name and a digest of its weights: another start, other
+    caches). The tokenizer is copied into `out` as `build_models` would write it."""
+    import hashlib
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from editkit.models import load, resolve
+
+    folder = Path(resolve(start_from).location)
+    digest = hashlib.sha256()
+    for part in ("vae", "unet", "text_encoder"):
+        for weights in sorted((folder / part).glob("*.safetensors")):
+            digest.update(weights.read_bytes())
+    shutil.copytree(folder / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    models = {"tokenizer": tokenizer,
+              "vae": load(AutoencoderKL, str(folder), "VAE", subfolder="vae"),
+              "unet": load(UNet2DConditionModel, str(folder), "UNet", subfolder="unet"),
+              "text_encoder": load(CLIPTextModel, str(folder), "text encoder",
+                                   subfolder="text_encoder")}
+    log(f"starting from {folder}")
+    return models, out.parent / f".{out.name}-from-{folder.name}-{digest.hexdigest()[:10]}"
+
+
 def train(out: Path, seed: int = 0, images: int = 16000,
           vae_steps: tuple[int, ...] = (1500, 800),
           unet_steps: tuple[int, ...] = (4000, 12000, 8000, 8000, 8000),
           batch: int = 32, lr: float = 1e-3, threads: int = 1, snapshot_every: int = 0,
           decoder_steps: int = 3000, device: str = "cpu",
           unet_channels: tuple[int, ...] = UNET_CHANNELS,
-          attention_from: int = ATTENTION_FROM, locality_steps: int = 0) -> dict:
+          attention_from: int = ATTENTION_FROM, locality_steps: int = 0,
+          start_from: str | None = None) -> dict:
     """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats.
 
     Every finished phase is cached beside `out` (VAE phases, the polished decoder, the
     latents, each UNet phase), so a rerun with more phases picks up after the last one; a
-    UNet of other channels or attention levels keeps caches of its own."""
+    UNet of other channels or attention levels keeps caches of its own.
+
+    `start_from` (a pipeline folder or a built-in name) continues a trained model instead:
+    its VAE, UNet, text encoder and tokenizer are loaded, the VAE phases and the decoder
+    polish are skipped, and the locality phase and `unet_steps` train on from there (the
+    UNet phases' learning rate is `lr` halved each phase, as from scratch)."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -498,7 +534,14 @@ def train(out: Path, seed: int = 0, images: int = 16000,
 
     data, captions = world_dataset(images, seed)
     log(f"drew {len(captions)} scenes")
-    models = build_models(out / "tokenizer", unet_channels, attention_from)
+    if start_from:
+        models, vae_cache = _started(out, start_from, log)
+        vae_steps, decoder_steps = (), 0
+        unet_channels = tuple(models["unet"].config.block_out_channels)
+        attention_from = [b.startswith("CrossAttn")
+                          for b in models["unet"].config.down_block_types].index(True)
+    else:
+        models = build_models(out / "tokenizer", unet_channels, attention_from)
     models["vae"].to(device)
     # the VAE trains in phases (each a cosine schedule, the learning rate halved each time);
     # each phase is kept on disk, so a restarted run picks up after the last finished one
@@ -571,7 +614,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     models["unet"].to(device)
     models["text_encoder"].to(device)
     tag = architecture_tag(unet_channels, attention_from) + \
-        (f"-l{locality_steps}" if locality_steps else "")
+        (f"-l{locality_steps}" if locality_steps else "") + \
+        (f"-from-{vae_cache.name.split('-from-')[-1]}" if start_from else "")
     for phase in range(len(unet_steps)):
         done = "+".join(str(n) for n in unet_steps[:phase + 1])
         cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}{tag}"
@@ -589,7 +633,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     stats = {"seed": seed, "images": images, "vae_steps": vae_steps, "device": device,
              "unet_channels": list(unet_channels), "attention_from": attention_from,
              "decoder_steps": decoder_steps, "locality_steps": locality_steps,
-             "unet_steps": unet_steps,
+             "unet_steps": unet_steps, "start_from": start_from,
              "batch": batch, "lr": lr, "vae_seconds": round(vae_time, 1),
              "total_seconds": round(time.time() - started, 1),
              "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
@@ -613,6 +657,10 @@ def main() -> None:
     parser.add_argument("--locality-steps", type=int, default=0,
                         help="after the VAE phases, teach it that a shape's latents are its "
                              "own (train_locality; default 0, as shipped)")
+    parser.add_argument("--start-from", default=None,
+                        help="continue a trained pipeline (folder or built-in name, like "
+                             "shapes-sd): no VAE phases, then --locality-steps and "
+                             "--unet-steps from its weights")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
@@ -633,7 +681,7 @@ def main() -> None:
                      "(the GroupNorm groups)")
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
           args.lr, args.threads, args.snapshot_every, args.decoder_steps, args.device,
-          args.unet_channels, args.attention_from, args.locality_steps)
+          args.unet_channels, args.attention_from, args.locality_steps, args.start_from)
 
 
 if __name__ == "__main__":

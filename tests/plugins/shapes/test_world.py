@@ -127,6 +127,20 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
     assert image.size == (64, 64)
     assert json.loads((out / "train_stats.json").read_text())["device"] == "cpu"
 
+    # --start-from continues that model: no VAE phases, its UNet trained on, caches its own
+    more = train(tmp_path / "more", images=32, unet_steps=(2,), batch=4, locality_steps=1,
+                 start_from=str(out))
+    assert more["start_from"] == str(out) and more["vae_steps"] == ()
+    assert more["unet_channels"] == [32, 48, 48] and more["attention_from"] == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".more-vae-")]
+    unet_caches = [p.name for p in tmp_path.iterdir() if p.name.startswith(".more-unet-")]
+    assert len(unet_caches) == 1 and "-from-sd-" in unet_caches[0]
+    continued = StableDiffusionPipeline.from_pretrained(tmp_path / "more")
+    moved = max((a - b).abs().max().item() for a, b in
+                zip(continued.unet.parameters(), pipe.unet.parameters()))
+    assert 0 < moved < 1e-2  # two warm-up steps from the start model's weights, not afresh
+    assert continued.vae.config.scaling_factor != pipe.vae.config.scaling_factor  # local VAE
+
 
 def test_kept_cells_cover_the_kept_shape_only_and_locality_finds_the_shipped_vae_entangled():
     """The mask an editor that copies what it keeps would use; the shipped VAE's latents carry
