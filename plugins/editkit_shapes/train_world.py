@@ -14,14 +14,18 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
 
 `--unet-channels` and `--attention-from` (0: cross-attention at the 16x16 level too) train
 a UNet of another size than the shipped one, with caches of its own; `--device cuda` runs
-every phase on a GPU. The shipped model is the defaults, trained on one CPU thread.
+every phase on a GPU. The shipped model is the defaults (phases 1-2 on one CPU thread, the
+rest on two), continued by `--start-from` with `--locality-steps 2000 --unet-steps 4000 --lr
+2.5e-4` (its train_stats.json says so).
 
 `--locality-steps N` adds a VAE phase after the decoder polish (`train_locality`): the
 shipped VAE's latents are not local (GroupNorm statistics and a wide receptive field put the
 background and the other shape into every cell), so an editor that copied the cells of what
 an edit keeps would still get 0.23 of background edits right (`vae_locality`); after 2000
 locality steps 1.00 (all edits 0.99, round trip 0.996). The new latents need a UNet trained
-on them: its caches are tagged `-lN`.
+on them: its caches are tagged `-lN`. Trained from scratch on them the UNet learns position
+slowly (0.28 after three phases); continued from a trained one (`--start-from`) it keeps it
+(0.72 after 4,000 steps).
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns
 where a prompt puts a shape: position 0.19 -> 0.59 -> 0.70 -> 0.71 of samples, every attribute

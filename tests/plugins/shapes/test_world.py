@@ -142,10 +142,11 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
     assert continued.vae.config.scaling_factor != pipe.vae.config.scaling_factor  # local VAE
 
 
-def test_kept_cells_cover_the_kept_shape_only_and_locality_finds_the_shipped_vae_entangled():
-    """The mask an editor that copies what it keeps would use; the shipped VAE's latents carry
-    the background under every shape, so copying a shape's cells fails most background edits
-    (the shapes editor's preservation ceiling, BENCHMARKS.md session 8)."""
+def test_kept_cells_cover_the_kept_shape_only_and_the_shipped_vae_is_local():
+    """The mask an editor that copies what it keeps would use. The VAE shipped before session
+    10 carried the background under every shape (copying a shape's cells got 0.23 of
+    background edits right, BENCHMARKS.md session 8); the shipped one was trained local
+    (`train_world --locality-steps 2000`): copying what an edit keeps decodes right."""
     from diffusers import AutoencoderKL
 
     from editkit.models import resolve
@@ -162,4 +163,4 @@ def test_kept_cells_cover_the_kept_shape_only_and_locality_finds_the_shipped_vae
     vae = AutoencoderKL.from_pretrained(resolve("shapes-sd").location, subfolder="vae")
     locality = vae_locality(vae, count=64)
     assert set(locality) >= {"all", "background", "colour"}
-    assert locality["background"] < 0.5 < locality["colour"]
+    assert locality["background"] > 0.95 and locality["all"] > 0.95
