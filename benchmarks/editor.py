@@ -46,31 +46,18 @@ def make_pairs(out: Path, count: int, seed: int, edits: list[str], max_shapes: i
     print(f"{count} world-drawn pairs in {out}")
 
 
-def seen_prompts(dataset: Path | None) -> set[tuple[str, str]]:
-    if dataset is None:
-        return set()
-    meta = dataset / "dataset" / "metadata.jsonl" if (dataset / "dataset").is_dir() \
-        else dataset / "metadata.jsonl"
-    seen = set()
-    for line in meta.read_text("utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            seen.add((row.get("input", ""), row["edit_prompt"]))
-    return seen
-
-
 def judge(models: list[str], args: argparse.Namespace) -> None:
     import torch
 
     from editkit.evalsettings import EvalSettings
-    from editkit.judging import held_out_cases, judge_editors
+    from editkit.judging import dataset_prompts, held_out_cases, judge_editors
     from editkit_shapes.judge import ShapesJudge
 
     torch.set_num_threads(args.threads)
     judge_plugin = ShapesJudge()
-    dataset = Path(args.dataset) if args.dataset else (
-        Path(models[0]) if (Path(models[0]) / "dataset").is_dir() else None)
-    cases, left_out = held_out_cases(judge_plugin, args.cases, args.seed, seen_prompts(dataset))
+    dataset = Path(args.dataset) if args.dataset else Path(models[0]) / "dataset"
+    seen = dataset_prompts(dataset / "dataset" if (dataset / "dataset").is_dir() else dataset)
+    cases, left_out = held_out_cases(judge_plugin, args.cases, args.seed, seen)
     settings = EvalSettings(steps=args.steps, resolution=64, guidance=args.guidance,
                             image_guidance=args.image_guidance, seed=args.seed,
                             batch_size=16, device="cpu")

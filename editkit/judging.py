@@ -230,7 +230,12 @@ def dataset_ids(run: Path) -> set[str]:
 
 def training_prompts(run: Path) -> set[tuple[str, str]]:
     """(input caption, instruction) of every row a trainer trains on."""
-    path = run / "dataset" / "metadata.jsonl"
+    return dataset_prompts(run / "dataset")
+
+
+def dataset_prompts(folder: Path) -> set[tuple[str, str]]:
+    """(input caption, instruction) of the training rows of a folder with metadata.jsonl."""
+    path = Path(folder) / "metadata.jsonl"
     if not path.is_file():
         return set()
     rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]

@@ -350,10 +350,10 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     # a trainer given its own `dataset` (pairs made elsewhere) needs nothing from this run
     own_dataset = ctx.recipe.plugins["train"].options_dict().get("dataset")
     if ctx.recipe.model.render is not None and not own_dataset:
-        rendered = (kept_records(ctx.run, "render") if ctx.recipe.model.filters == []
-                    and not (dataset / "metadata.jsonl").exists() else [])
-        if rendered:  # no filters: every rendered pair trains
-            write_dataset(ctx.run, rendered, held_out_fraction(ctx.recipe))
+        if ctx.recipe.model.filters == [] and not (dataset / "metadata.jsonl").exists():
+            rendered = kept_records(ctx.run, "render")
+            if rendered:  # no filters: every rendered pair trains
+                write_dataset(ctx.run, rendered, held_out_fraction(ctx.recipe))
         if not (dataset / "metadata.jsonl").exists():
             raise RunError("train: the run has no dataset yet",
                            "run the render and filters stages first")

@@ -10,7 +10,7 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
         [--decoder-steps 3000] [--unet-steps 4000+12000+8000+8000+8000] [--snapshot-every 2000]
         [--device cuda] [--unet-channels 32,64,64] [--attention-from 1] [--locality-steps N]
     python -m editkit_shapes.train_world OUT --start-from shapes-sd --locality-steps 2000 \
-        --unet-steps 8000 --lr 2.5e-4      # continue a trained model on local latents
+        --unet-steps 4000 --lr 2.5e-4      # continue a trained model on local latents
 
 `--unet-channels` and `--attention-from` (0: cross-attention at the 16x16 level too) train
 a UNet of another size than the shipped one, with caches of its own; `--device cuda` runs
@@ -477,10 +477,9 @@ class swapped:
                 p.copy_(s)
 
 
-def _started(out: Path, start_from: str, log: Any) -> tuple[dict[str, Any], Path]:
-    """The parts of a trained pipeline to continue from, and the name its caches start with
-    (the start model's folder name and a digest of its weights: another start, other
-    caches). The tokenizer is copied into `out` as `build_models` would write it."""
+def _started(out: Path, start_from: str, log: Any) -> tuple[dict[str, Any], str]:
+    """The parts of a trained pipeline to continue from, and the tag its caches carry (the
+    start model's folder name and a digest of its weights: another start, other caches). The tokenizer is copied into `out` as `build_models` would write it."""
     import hashlib
     import shutil
 
@@ -502,7 +501,7 @@ def _started(out: Path, start_from: str, log: Any) -> tuple[dict[str, Any], Path
               "text_encoder": load(CLIPTextModel, str(folder), "text encoder",
                                    subfolder="text_encoder")}
     log(f"starting from {folder}")
-    return models, out.parent / f".{out.name}-from-{folder.name}-{digest.hexdigest()[:10]}"
+    return models, f"from-{folder.name}-{digest.hexdigest()[:10]}"
 
 
 def train(out: Path, seed: int = 0, images: int = 16000,
@@ -539,7 +538,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     data, captions = world_dataset(images, seed)
     log(f"drew {len(captions)} scenes")
     if start_from:
-        models, vae_cache = _started(out, start_from, log)
+        models, start_tag = _started(out, start_from, log)
+        vae_cache = out.parent / f".{out.name}-{start_tag}"
         vae_steps, decoder_steps = (), 0
         unet_channels = tuple(models["unet"].config.block_out_channels)
         attention_from = [b.startswith("CrossAttn")
@@ -619,7 +619,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     models["text_encoder"].to(device)
     tag = architecture_tag(unet_channels, attention_from) + \
         (f"-l{locality_steps}" if locality_steps else "") + \
-        (f"-from-{vae_cache.name.split('-from-')[-1]}" if start_from else "")
+        (f"-{start_tag}" if start_from else "")
     for phase in range(len(unet_steps)):
         done = "+".join(str(n) for n in unet_steps[:phase + 1])
         cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}{tag}"
