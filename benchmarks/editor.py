@@ -7,7 +7,7 @@
         `editkit run recipes/shapes.yaml --only train train.options.dataset=OUT ...`
 
     python benchmarks/editor.py judge MODEL [MODEL ...] --cases 128 --seed 0 \
-            --guidance 1.5 --image-guidance 1.2 [--dataset DATASET]
+            --guidance 1.5 --image-guidance 1.2 [--dataset DATASET] [--reasons 8]
         each editor (run folder, LoRA folder, pipeline) edits the same held-out images the
         world draws (the evaluate stage's `shapes` judge and settings), and the oracle judges
         every edit; prints success on one-shape and two-shape scenes, all, and by edit kind.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -80,6 +81,12 @@ def judge(models: list[str], args: argparse.Namespace) -> None:
         kinds = ", ".join(f"{k} {v['success']:.2f}" for k, v in result["by_kind"].items())
         print(f"| {model} | {rate(1)} | {rate(2)} | **{result['success']:.3f}** | {kinds} "
               f"| {time.perf_counter() - start:.0f} |", flush=True)
+        if args.reasons:
+            for count in (1, 2):
+                reasons = Counter(r for row, n in zip(result["rows"], shapes) if n == count
+                                  for r in row["reasons"])
+                print(f"  failures, {count} shape(s): " + "; ".join(
+                    f"{reason} {times}" for reason, times in reasons.most_common(args.reasons)))
 
 
 def main() -> None:
@@ -101,6 +108,8 @@ def main() -> None:
     j.add_argument("--image-guidance", type=float, default=1.2)
     j.add_argument("--dataset", default=None, help="training pairs to leave out of the cases "
                    "[the first model's run dataset]")
+    j.add_argument("--reasons", type=int, default=0, metavar="N",
+                   help="also print the N commonest reasons edits failed, per shape count")
     j.add_argument("--threads", type=int, default=2)
     j.add_argument("--out", default="runs/editor-probe")
     args = parser.parse_args()

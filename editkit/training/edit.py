@@ -222,8 +222,8 @@ class EditTask:
 
         vae = self.parts.vae
         if self.options.cache_latents:
-            params = torch.cat([self._cached_dist(key, bucket)
-                                for pair, bucket in zip(examples, bucket_of) for key in pair])
+            params = self._cached_dists([(key, bucket) for pair, bucket in zip(examples, bucket_of)
+                                         for key in pair])
         else:
             pixels = torch.stack([_to_tensor(im) for pair in examples for im in pair])
             with torch.no_grad():
@@ -235,21 +235,34 @@ class EditTask:
         target = (after.mean + after.std * noise) * vae.config.scaling_factor
         return target, before
 
-    def _cached_dist(self, key: tuple[Path, bool], bucket: tuple[int, int]) -> Any:
+    def _cached_dists(self, keys: list[tuple[tuple[Path, bool], tuple[int, int]]]) -> Any:
+        """The VAE's distribution parameters of each ((path, mirrored), bucket), the ones not
+        cached yet encoded together: one VAE call per bucket, not one per image."""
         import torch
         from PIL import Image
 
-        path, mirror = key
-        cache_key = (str(path), mirror, bucket)
-        if cache_key not in self._latents:
-            with Image.open(path) as image:
-                (cropped,) = paired_crop([image], bucket, None, False)
-            if mirror:
-                cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            pixels = _to_tensor(cropped)[None].to(self.device, self.weight_dtype)
+        def cache_key(key: tuple[tuple[Path, bool], tuple[int, int]]) -> tuple[str, bool, Any]:
+            (path, mirror), bucket = key
+            return str(path), mirror, bucket
+
+        missing: dict[tuple[int, int], dict[tuple[str, bool, Any], Any]] = {}
+        for key in keys:
+            if cache_key(key) not in self._latents:
+                missing.setdefault(key[1], {})[cache_key(key)] = key
+        for bucket, todo in missing.items():
+            pixels = []
+            for (path, mirror), _ in todo.values():
+                with Image.open(path) as image:
+                    (cropped,) = paired_crop([image], bucket, None, False)
+                if mirror:
+                    cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                pixels.append(_to_tensor(cropped))
             with torch.no_grad():
-                self._latents[cache_key] = self.parts.vae.encode(pixels).latent_dist.parameters
-        return self._latents[cache_key]
+                params = self.parts.vae.encode(torch.stack(pixels).to(
+                    self.device, self.weight_dtype)).latent_dist.parameters
+            for k, name in enumerate(todo):
+                self._latents[name] = params[k:k + 1]
+        return torch.cat([self._latents[cache_key(key)] for key in keys])
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
         import torch
@@ -258,9 +271,9 @@ class EditTask:
         generator = torch.Generator().manual_seed(seed_for(self.seed, micro, rank, 2))
         examples = [self._example(index, rng) for index in rows]
         prompts = [prompt for prompt, _, _ in examples]
-        latents, image_latents = self._latents_for([images for _, images, _ in examples],
-                                                   [bucket for _, _, bucket in examples],
-                                                   generator)
+        latents, image_latents = self._latents_for(
+            [images for _, images, _ in examples], [bucket for _, _, bucket in examples],
+            generator)
         batch = latents.shape[0]
         scheduler = self.parts.noise_scheduler
         noise = torch.randn(latents.shape, generator=generator).to(latents)
