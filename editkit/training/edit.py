@@ -222,8 +222,9 @@ class EditTask:
 
         vae = self.parts.vae
         if self.options.cache_latents:
-            params = self._cached_dists([(key, bucket) for pair, bucket in zip(examples, bucket_of)
-                                         for key in pair])
+            params = self._cached_dists([(str(path), mirror, bucket)
+                                         for pair, bucket in zip(examples, bucket_of)
+                                         for path, mirror in pair])
         else:
             pixels = torch.stack([_to_tensor(im) for pair in examples for im in pair])
             with torch.no_grad():
@@ -235,23 +236,19 @@ class EditTask:
         target = (after.mean + after.std * noise) * vae.config.scaling_factor
         return target, before
 
-    def _cached_dists(self, keys: list[tuple[tuple[Path, bool], tuple[int, int]]]) -> Any:
-        """The VAE's distribution parameters of each ((path, mirrored), bucket), the ones not
+    def _cached_dists(self, keys: list[tuple[str, bool, tuple[int, int]]]) -> Any:
+        """The VAE's distribution parameters of each (path, mirrored, bucket), the ones not
         cached yet encoded together: one VAE call per bucket, not one per image."""
         import torch
         from PIL import Image
 
-        def cache_key(key: tuple[tuple[Path, bool], tuple[int, int]]) -> tuple[str, bool, Any]:
-            (path, mirror), bucket = key
-            return str(path), mirror, bucket
-
-        missing: dict[tuple[int, int], dict[tuple[str, bool, Any], Any]] = {}
-        for key in keys:
-            if cache_key(key) not in self._latents:
-                missing.setdefault(key[1], {})[cache_key(key)] = key
+        missing: dict[tuple[int, int], list[tuple[str, bool, tuple[int, int]]]] = {}
+        for key in dict.fromkeys(keys):
+            if key not in self._latents:
+                missing.setdefault(key[2], []).append(key)
         for bucket, todo in missing.items():
             pixels = []
-            for (path, mirror), _ in todo.values():
+            for path, mirror, _ in todo:
                 with Image.open(path) as image:
                     (cropped,) = paired_crop([image], bucket, None, False)
                 if mirror:
@@ -260,9 +257,9 @@ class EditTask:
             with torch.no_grad():
                 params = self.parts.vae.encode(torch.stack(pixels).to(
                     self.device, self.weight_dtype)).latent_dist.parameters
-            for k, name in enumerate(todo):
-                self._latents[name] = params[k:k + 1]
-        return torch.cat([self._latents[cache_key(key)] for key in keys])
+            for k, key in enumerate(todo):
+                self._latents[key] = params[k:k + 1]
+        return torch.cat([self._latents[key] for key in keys])
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
         import torch

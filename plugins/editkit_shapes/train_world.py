@@ -479,7 +479,8 @@ class swapped:
 
 def _started(out: Path, start_from: str, log: Any) -> tuple[dict[str, Any], str]:
     """The parts of a trained pipeline to continue from, and the tag its caches carry (the
-    start model's folder name and a digest of its weights: another start, other caches). The tokenizer is copied into `out` as `build_models` would write it."""
+    start model's folder name and a digest of its weights: another start, other caches).
+    The tokenizer is copied into `out` as `build_models` would write it."""
     import hashlib
     import shutil
 
