@@ -196,6 +196,9 @@ def test_lora_on_convolutions_loads_every_layer_it_trained(pairs, tmp_path):
             name = name.replace(f".{part}.", f".{part}.{adapter}.")
         assert name in params, f"{key} did not load"
         assert torch.allclose(params[name].float(), value.float()), key
+    # and merged into the base weights for speed: every LoRA layer runs as one matmul
+    lora_layers = [m for m in pipe.unet.modules() if len(getattr(m, "lora_A", ()) or ()) > 0]
+    assert lora_layers and all(m.merged for m in lora_layers)
 
 
 def test_a_lora_that_loads_only_in_part_is_an_error(pairs, tmp_path):
