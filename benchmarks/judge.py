@@ -1,8 +1,10 @@
 """What judging costs: seconds per held-out case for diffusers' own
 `StableDiffusionInstructPix2PixPipeline` call on the shapes judge's held-out images (the
-baseline) against `editkit.judging.judge_editors` (the same edits through the evaluate stage's
-loading and batching, plus the oracle's verdict and the saved PNG), and seconds per rendered
-pair for the oracle's pair verdict, all measured interleaved in one run, with ratios.
+baseline; a LoRA editor loaded by `load_lora_weights` and left unfused, diffusers' default)
+against `editkit.judging.judge_editors` (the same edits through the evaluate stage's loading
+and batching, which merges a LoRA into the base weights, plus the oracle's verdict and the
+saved PNG), and seconds per rendered pair for the oracle's pair verdict, all measured
+interleaved in one run, with ratios.
 
     python benchmarks/judge.py                         # tiny-ip2p on the CPU
     python benchmarks/judge.py --model runs/shapes --steps 20 --cases 32
@@ -46,7 +48,9 @@ def main() -> None:
     images = [c.image.resize((args.size, args.size)) for c in cases]
     settings = EvalSettings(steps=args.steps, resolution=args.size, batch_size=4, seed=0,
                             device=args.device)
-    pipe, _ = load_edit_pipeline(args.model, device=args.device)
+    pipe, spec = load_edit_pipeline(args.model, device=args.device)
+    if spec.lora is not None:
+        pipe.unfuse_lora()  # diffusers' default: the LoRA layers run beside the base weights
     pipe.set_progress_bar_config(disable=True)
     out = Path(tempfile.mkdtemp()) / "judge"
     pairs = [({**c.truth, "id": str(i)}, c.image, draw(scene_from_dict(c.truth["scene_after"])))
