@@ -25,7 +25,7 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     from editkit.models import load
-    from editkit_shapes.eval_world import _pairing, eval_scenes, sample
+    from editkit_shapes.eval_world import eval_scenes, pairing, sample
     from editkit_shapes.oracle import read_scene
 
     torch.set_num_threads(args.threads)
@@ -38,7 +38,7 @@ def main() -> None:
     wrong: collections.Counter[str] = collections.Counter()
     for scene, image in zip(scenes, images):
         seen = read_scene(image)
-        for want, got in zip(scene.shapes, _pairing(scene.shapes, seen.shapes)):
+        for want, got in zip(scene.shapes, pairing(scene.shapes, seen.shapes)):
             right = got is not None and (got.row, got.column) == (want.row, want.column)
             for tally in (by_count[len(scene.shapes)], by_cell[f"{want.row} {want.column}"]):
                 tally[0] += right

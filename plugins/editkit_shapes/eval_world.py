@@ -29,7 +29,7 @@ def _agreement(want: Shape, got: Shape | None) -> dict[str, float]:
             "position": float((got.row, got.column) == (want.row, want.column))}
 
 
-def _pairing(want: tuple[Shape, ...], seen: tuple[Shape, ...]) -> list[Shape | None]:
+def pairing(want: tuple[Shape, ...], seen: tuple[Shape, ...]) -> list[Shape | None]:
     """The read shape standing for each wanted one: the one-to-one pairing that agrees on the
     most attributes, every attribute counting the same (a wanted shape with no read shape left
     gets None). This once paired by cell, else by kind: one read shape could then stand for
@@ -49,7 +49,7 @@ def compare(want: Scene, seen: Scene) -> dict[str, float]:
     """Per-attribute agreement of one sample (shape attributes averaged over its shapes)."""
     scores = {name: 0.0 for name in ATTRIBUTES}
     scores["background"] = float(want.background == seen.background)
-    for shape, got in zip(want.shapes, _pairing(want.shapes, seen.shapes)):
+    for shape, got in zip(want.shapes, pairing(want.shapes, seen.shapes)):
         for name, value in _agreement(shape, got).items():
             scores[name] += value / len(want.shapes)
     scores["all"] = float(same_scene(want, seen))
