@@ -129,12 +129,14 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
 
     # --start-from continues that model: no VAE phases, its UNet trained on, caches its own
     more = train(tmp_path / "more", images=32, unet_steps=(2,), batch=4, locality_steps=1,
-                 start_from=str(out))
+                 start_from=str(out), binding=0.1, grounding=0.1)
     assert more["start_from"] == str(out) and more["vae_steps"] == ()
+    assert more["binding"] == 0.1 and more["grounding"] == 0.1
     assert more["unet_channels"] == [32, 48, 48] and more["attention_from"] == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".more-vae-")]
     unet_caches = [p.name for p in tmp_path.iterdir() if p.name.startswith(".more-unet-")]
     assert len(unet_caches) == 1 and "-from-sd-" in unet_caches[0]
+    assert unet_caches[0].endswith("-b0.1-g0.1")  # the extra losses train caches of their own
     continued = StableDiffusionPipeline.from_pretrained(tmp_path / "more")
     moved = max((a - b).abs().max().item() for a, b in
                 zip(continued.unet.parameters(), pipe.unet.parameters()))
@@ -164,3 +166,99 @@ def test_kept_cells_cover_the_kept_shape_only_and_the_shipped_vae_is_local():
     locality = vae_locality(vae, count=64)
     assert set(locality) >= {"all", "background", "colour"}
     assert locality["background"] > 0.95 and locality["all"] > 0.95
+
+
+def test_binding_targets_point_at_each_phrase_end_and_the_loss_teaches_the_encoder(tmp_path):
+    import torch
+
+    from editkit_shapes.train_world import (BOUND, binding_loss, build_models,
+                                            phrase_targets)
+    from editkit_shapes.world import Scene, Shape
+
+    models = build_models(tmp_path / "tok")
+    tokenizer, encoder = models["tokenizer"], models["text_encoder"]
+    two = Scene((Shape("circle", "red", "small", "middle", "left"),
+                 Shape("square", "blue", "large", "top", "right")), "black")
+    one = Scene((Shape("triangle", "green", "large", "middle", "center"),), "white")
+    targets = phrase_targets([two, one], tokenizer)
+    ids = tokenizer(two.caption()).input_ids
+    words = [tokenizer.decode([ids[i]]).strip() for i in targets[0, :, 0].tolist()]
+    assert words == ["left", "right"]  # the last word of each shape's phrase
+    nouns = [tokenizer.decode([ids[i]]).strip() for i in targets[0, :, 1].tolist()]
+    assert nouns == ["circle", "square"]  # where it starts to know which shape it is
+    assert targets[0, 1, 2:].tolist() == [0, 2, 1, list(dict(BOUND)["colour"]).index("blue"), 1]
+    assert targets[1, 0, 0] == len(tokenizer(one.shapes[0].phrase()).input_ids) - 2
+    assert (targets[1, 1] == -1).all()  # no second shape
+
+    # the two captions differ only in which shape is where: heads and encoder learn it
+    swapped = Scene((Shape("circle", "red", "small", "top", "right"),
+                     Shape("square", "blue", "large", "middle", "left")), "black")
+    scenes = [two, swapped]
+    tokens = tokenizer([s.caption() for s in scenes], padding="max_length",
+                       max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    targets = phrase_targets(scenes, tokenizer)
+    heads = torch.nn.Linear(64, sum(len(v) for _, v in BOUND))
+    optimiser = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = binding_loss(encoder(tokens)[0], targets, heads)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    empty = torch.full_like(targets, -1)
+    assert binding_loss(encoder(tokens)[0], empty, heads).item() == 0.0
+
+
+def test_grounding_loss_reads_each_phrase_attention_inside_its_box(tmp_path):
+    import torch
+
+    from editkit.diffusion.control import attention_control
+    from editkit_shapes.train_world import (AttentionRecorder, build_models, grounding_loss,
+                                            phrase_targets, shape_masks)
+    from editkit_shapes.world import Scene, Shape
+
+    scene = Scene((Shape("circle", "red", "small", "top", "left"),
+                   Shape("square", "blue", "large", "bottom", "right")), "black")
+    masks = shape_masks([scene], 8)
+    grid = masks[0].view(2, 8, 8)
+    # the small circle's box spans 4.7..16.7 px of 64: cells 0-2 of 8 each way
+    assert grid[0].nonzero().min(0).values.tolist() == [0, 0]
+    assert grid[0].nonzero().max(0).values.tolist() == [2, 2]
+    assert grid[1][7, 7] == 1 and grid[1][:4].sum() == 0 and grid[0][4:].sum() == 0
+
+    models = build_models(tmp_path / "tok")
+    targets = phrase_targets([scene], models["tokenizer"])
+    keys = 32
+    inside = torch.zeros(1, 4, 64, keys)  # every token's attention mass in the circle's box
+    inside[0, :, masks[0, 0] > 0, :] = 1.0
+    outside = torch.zeros(1, 4, 64, keys)  # ... and here outside both boxes
+    outside[0, :, (masks[0, 0] + masks[0, 1]) == 0, :] = 1.0
+    mask = {64: masks}
+    circle_only = targets.clone()
+    circle_only[0, 1] = -1
+    assert grounding_loss([inside], circle_only, mask).item() == 0.0
+    assert grounding_loss([outside], targets, mask).item() == 1.0
+    assert 0.4 < grounding_loss([inside], targets, mask).item() < 0.6  # the square's: wrong
+
+    # recorded from a real UNet call, with gradients into the UNet's and encoder's weights
+    unet, encoder = models["unet"], models["text_encoder"]
+    tokens = models["tokenizer"]([scene.caption()], padding="max_length", max_length=32,
+                                 return_tensors="pt").input_ids
+    recorder = AttentionRecorder()
+    recorder.begin((16, 16), (1, 1, 1))
+    with attention_control(unet, recorder):
+        recorder.maps = []
+        unet(torch.randn(1, 4, 16, 16), torch.tensor([500]),
+             encoder_hidden_states=encoder(tokens)[0])
+    sizes = sorted({m.shape[2] for m in recorder.maps})
+    assert sizes == [16, 64]  # cross-attention at 4x4 and 8x8, as shipped
+    loss = grounding_loss(recorder.maps, targets,
+                          {q: shape_masks([scene], int(q ** 0.5)) for q in sizes})
+    loss.backward()
+    attn2 = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    assert attn2.to_q.weight.grad.abs().sum() > 0
+    assert encoder.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert not any(type(p).__name__ == "ControlledAttnProcessor"
+                   for p in unet.attn_processors.values())
