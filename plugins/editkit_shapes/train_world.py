@@ -16,8 +16,7 @@ time so classifier-free guidance can sharpen the prompted attributes at sampling
 a UNet of another size than the shipped one, with caches of its own; `--device cuda` runs
 every phase on a GPU. The shipped model is the defaults (phases 1-2 on one CPU thread, the
 rest on two), continued by `--start-from` with `--locality-steps 2000 --unet-steps 4000 --lr
-2.5e-4`, then twice more with `--grounding` and `--binding` (below; its train_stats.json
-says so).
+2.5e-4` (its train_stats.json says so).
 
 `--locality-steps N` adds a VAE phase after the decoder polish (`train_locality`): the
 shipped VAE's latents are not local (GroupNorm statistics and a wide receptive field put the
@@ -38,8 +37,8 @@ the encoder's probes perfect but moved position not at all; grounding alone is u
 Both together, 4,000 steps from the old shipped model (`--start-from`, lr 2.5e-4, both
 weights 0.02): position for each of two shapes 0.80, every attribute right 0.66 -> 0.84
 (eval_world, 300 prompts, cfg 4); 4,000 more from there (lr 1.25e-4, grounding 0.05):
-0.99 and 0.977, the shipped model. The losses cost nothing at sampling: the saved model is
-a plain StableDiffusionPipeline.
+0.99 and 0.977 (not shipped yet: BENCHMARKS.md, session 14). The losses cost nothing at
+sampling: the saved model is a plain StableDiffusionPipeline.
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns
 where a prompt puts a shape: position 0.19 -> 0.59 -> 0.70 -> 0.71 of samples, every attribute
