@@ -466,7 +466,11 @@ def vae_oracle(vae: Any, x: Any) -> float:
 
 class AttentionRecorder(AttentionController):
     """Keeps the probabilities of every cross-attention layer of one UNet call (with their
-    gradients), for `grounding_loss`."""
+    gradients), for `grounding_loss`; clear `maps` before each call."""
+
+    def begin(self, latent_hw: tuple[int, int], layout: tuple[int, int, int]) -> None:
+        super().begin(latent_hw, layout)
+        self.maps: list[Any] = []
 
     def wants(self, layer: Layer) -> bool:
         return layer.cross

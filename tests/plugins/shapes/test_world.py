@@ -249,7 +249,6 @@ def test_grounding_loss_reads_each_phrase_attention_inside_its_box(tmp_path):
     recorder = AttentionRecorder()
     recorder.begin((16, 16), (1, 1, 1))
     with attention_control(unet, recorder):
-        recorder.maps = []
         unet(torch.randn(1, 4, 16, 16), torch.tensor([500]),
              encoder_hidden_states=encoder(tokens)[0])
     sizes = sorted({m.shape[2] for m in recorder.maps})
