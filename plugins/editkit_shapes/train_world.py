@@ -568,7 +568,8 @@ def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps:
             t = torch.randint(0, 1000, (batch,)).to(device)
             noisy = noise_scheduler.add_noise(x0, noise, t)
             hidden = text_encoder(tokens)[0]
-            recorder.maps = []
+            if grounding:
+                recorder.maps.clear()  # this step's maps only
             pred = unet(noisy, t, encoder_hidden_states=hidden).sample
             target = noise_scheduler.get_velocity(x0, noise, t)
             # min-SNR-5 weighting (for v-prediction): converges faster on small budgets
