@@ -18,6 +18,9 @@ from .world import BACKGROUNDS, COLOURS, COLUMNS, ROWS, SHAPES, SIZES, Scene, Sh
     random_scene
 
 ShapeEdit = Literal["colour", "kind", "size", "background", "add", "remove"]
+Unsaid = Literal["size", "place", "background"]
+# what an edit needs its captions to say: its own attribute (an added shape's place too)
+NEEDS = {"size": "size", "background": "background", "add": "place"}
 
 
 class ShapesOptions(PluginOptions):
@@ -28,6 +31,13 @@ class ShapesOptions(PluginOptions):
     min_shapes: int = Field(1, ge=1, le=3, description="scenes have min_shapes..max_shapes "
                             "shapes, as many of each count")
     batch: int = Field(64, ge=1)
+    unsaid: list[Unsaid] = Field(
+        default_factory=list,
+        description="attributes a triplet's captions may leave out (both captions alike, "
+                    "never the edited one): the model then draws them as it likes, and only "
+                    "attention control keeps them the same across a pair")
+    unsaid_rate: float = Field(0.5, ge=0, le=1, description="how often each `unsaid` "
+                               "attribute is left out")
 
     @model_validator(mode="after")
     def _shape_range(self) -> "ShapesOptions":
@@ -84,6 +94,13 @@ def edit_scene(scene: Scene, kind: str, rng: random.Random,
             f"turn the {target.kind} into a {new}", [new])
 
 
+def leave_unsaid(kind: str, unsaid: list[str], rate: float,
+                 rng: random.Random) -> frozenset[str]:
+    """Which of `unsaid` an edit of `kind`'s captions leave out, each at `rate` (never what
+    the edit needs said); no draws when `unsaid` is empty."""
+    return frozenset(u for u in unsaid if NEEDS.get(kind) != u and rng.random() < rate)
+
+
 class ShapesCaptions(IndexedCaptionGenerator):
     name = "shapes"
     Options = ShapesOptions
@@ -97,7 +114,9 @@ class ShapesCaptions(IndexedCaptionGenerator):
             if edited is not None:
                 break
         after, instruction, words = edited
-        return {"input": scene.caption(), "edit": instruction, "output": after.caption(),
+        unsaid = leave_unsaid(kind, self.options.unsaid, self.options.unsaid_rate, rng)
+        return {"input": scene.caption(unsaid), "edit": instruction,
+                "output": after.caption(unsaid),
                 "edit_kind": kind, "words": words,
                 "region": "background" if kind == "background" else "foreground",
                 "scene_before": scene_to_dict(scene), "scene_after": scene_to_dict(after)}

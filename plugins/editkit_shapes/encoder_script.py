@@ -9,8 +9,9 @@ from typing import Any, Callable
 
 
 def run(doc: str, train: Callable[..., dict], report: Callable[[str, int], None],
-        steps: int, batch: int) -> None:
-    """Parse the arguments, train on one thread, save to OUT and report on held-out scenes."""
+        steps: int, batch: int, captions: bool = False) -> None:
+    """Parse the arguments, train on one thread, save to OUT and report on held-out scenes;
+    `captions`: the model reads captions, so --unsaid is offered."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
@@ -19,12 +20,17 @@ def run(doc: str, train: Callable[..., dict], report: Callable[[str, int], None]
     parser.add_argument("--batch", type=int, default=batch, help="pairs per step")
     parser.add_argument("--eval-count", type=int, default=200, help="held-out triplets")
     parser.add_argument("--eval-only", action="store_true")
+    if captions:
+        parser.add_argument("--unsaid", type=float, default=0.0,
+                            help="leave size, place and background out of training captions "
+                                 "at this rate, as `use: shapes` with `unsaid` may")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     if not args.eval_only:
-        print(train(args.out, args.seed, args.pairs, args.steps, args.batch))
+        extra = {"unsaid": args.unsaid} if captions else {}
+        print(train(args.out, args.seed, args.pairs, args.steps, args.batch, **extra))
     report(str(args.out), args.eval_count)
 
 

@@ -27,8 +27,10 @@ from typing import Any
 
 from .encoder_script import (finish, optimiser, pixel_values, print_table, run, start,
                              update)
+from .captions import leave_unsaid
 from .pairs import BROKEN, broken_afters, drawn, world_pairs
 from .train_world import world_words
+from .world import UNSAID
 
 IMAGE_SIZE = 64
 TRAIN_SEED = 10_000  # triplet seeds for training and held-out evaluation, far from recipe seeds
@@ -56,22 +58,33 @@ def build_clip(path: Path) -> tuple[Any, Any]:
     return model, CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
 
+def pair_captions(pairs: list[Any], rate: float, rng: random.Random) -> list[str]:
+    """The befores' captions, then the afters', each pair's leaving each of UNSAID out at
+    `rate` (both alike, never what its edit needs said), as `use: shapes` may."""
+    unsaid = [leave_unsaid(p.kind, list(UNSAID), rate, rng) if rate else frozenset()
+              for p in pairs]
+    return [p.before.caption(u) for p, u in zip(pairs, unsaid)] + \
+        [p.after.caption(u) for p, u in zip(pairs, unsaid)]
+
+
 def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 2000, batch: int = 64,
           lr: float = 1e-3, noise: float = 0.1, direction_weight: float = 1.0,
-          threads: int = 1) -> dict:
-    """Train from `seed` and save to `out`; returns the training stats."""
+          threads: int = 1, unsaid: float = 0.0) -> dict:
+    """Train from `seed` and save to `out`; returns the training stats. `unsaid` > 0: each
+    step's captions leave size, place and background out at that rate (`pair_captions`)."""
     import torch
     import torch.nn.functional as F
 
     settings = dict(seed=seed, pairs=pairs, steps=steps, batch=batch, lr=lr, noise=noise,
-                    direction_weight=direction_weight, threads=threads)
+                    direction_weight=direction_weight, threads=threads, unsaid=unsaid)
     out, started = start(out, seed, threads)
     data = world_pairs(pairs, TRAIN_SEED + seed)
     batch = min(batch, len(data))  # a smoke run with fewer pairs than a batch
     model, processor = build_clip(out)
     pixels = pixel_values(processor, drawn([p.before for p in data] + [p.after for p in data]))
-    captions = [p.before.caption() for p in data] + [p.after.caption() for p in data]
-    tokens = processor.tokenizer(captions, padding="longest", return_tensors="pt")
+    rng = random.Random(f"editkit-shapes-clip-unsaid:{seed}")
+    tokens = processor.tokenizer(pair_captions(data, 0, rng), padding="longest",
+                                 return_tensors="pt")
     ids, mask = tokens.input_ids, tokens.attention_mask
     print(f"[{time.time() - started:6.1f}s] {len(data)} pairs drawn, {ids.shape[1]} tokens max",
           flush=True)
@@ -82,8 +95,17 @@ def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 2000, batch:
         chosen = torch.randperm(len(data), generator=generator)[:batch]
         index = torch.cat([chosen, chosen + len(data)])  # befores, then their afters
         images = pixels[index] + noise * torch.randn(pixels[index].shape, generator=generator)
-        output = model(input_ids=ids[index], attention_mask=mask[index], pixel_values=images)
-        same = (ids[index][:, None, :] == ids[index][None, :, :]).all(-1).float()
+        if unsaid:  # this step's captions, each pair's saying less at random
+            said = processor.tokenizer(
+                pair_captions([data[i] for i in chosen.tolist()], unsaid, rng),
+                padding="longest", return_tensors="pt")  # shorter: padded to `ids`' width
+            width = ids.shape[1] - said.input_ids.shape[1]
+            step_ids = F.pad(said.input_ids, (0, width), value=processor.tokenizer.pad_token_id)
+            step_mask = F.pad(said.attention_mask, (0, width), value=0)
+        else:
+            step_ids, step_mask = ids[index], mask[index]
+        output = model(input_ids=step_ids, attention_mask=step_mask, pixel_values=images)
+        same = (step_ids[:, None, :] == step_ids[None, :, :]).all(-1).float()
         targets = same / same.sum(1, keepdim=True)  # a caption twice in a batch: both positive
         contrastive = (F.cross_entropy(output.logits_per_image, targets)
                        + F.cross_entropy(output.logits_per_text, targets)) / 2
@@ -98,26 +120,29 @@ def train(out: Path, seed: int = 0, pairs: int = 4000, steps: int = 2000, batch:
     return finish(out, model, processor, settings, started)
 
 
-def pair_scores(model: str, count: int = 200, seed: int = HELD_OUT_SEED) -> dict[str, Any]:
+def pair_scores(model: str, count: int = 200, seed: int = HELD_OUT_SEED,
+                unsaid: float = 0.0) -> dict[str, Any]:
     """Mean CLIP scores (through the `clip` filter's own encoder) of true and broken pairs of
     held-out `use: shapes` triplets, and how often the true pair's direction beats each broken
-    one. Captions are always the triplet's: that is what the filter compares images against."""
+    one. Captions are always the triplet's: that is what the filter compares images against
+    (`unsaid` > 0: leaving size, place and background out at that rate, as `use: shapes`
+    with `unsaid` writes them)."""
     from editkit.metrics import ClipEncoder, clip_pair_scores
 
     encoder = ClipEncoder(model, device="cpu")
     rng = random.Random(f"editkit-shapes-clip-pairs:{seed}")
     pairs = world_pairs(count, seed)
+    captions = pair_captions(pairs, unsaid, random.Random(f"editkit-shapes-unsaid:{seed}"))
     afters = {"true": [p.after for p in pairs]}
     broken = [broken_afters(p, rng) for p in pairs]
     afters.update({name: [b[name] for b in broken] for name in BROKEN})
     befores = encoder.encode_images(drawn([p.before for p in pairs]))
-    texts = encoder.embed_texts(t for p in pairs for t in (p.before.caption(), p.after.caption()))
+    texts = encoder.embed_texts(captions)
     scores: dict[str, list[dict[str, float]]] = {}
     for name, scenes in afters.items():
         images = encoder.encode_images(drawn(scenes))
-        scores[name] = [clip_pair_scores(b, a, texts[p.before.caption()],
-                                         texts[p.after.caption()])
-                        for b, a, p in zip(befores, images, pairs)]
+        scores[name] = [clip_pair_scores(b, a, texts[captions[n]], texts[captions[n + count]])
+                        for n, (b, a) in enumerate(zip(befores, images))]
     for kind in sorted({p.kind for p in pairs}):
         scores[f"true: {kind}"] = [s for s, p in zip(scores["true"], pairs) if p.kind == kind]
     means = {name: {key: sum(s[key] for s in rows) / len(rows) for key in rows[0]}
@@ -164,18 +189,21 @@ def report(model: str, count: int = 200) -> None:
     table = retrieval(model, count)
     print_table(f"caption retrieval on {count} held-out scenes", ["test", "accuracy"],
                 [[k, v] for k, v in table.items()])
-    result = pair_scores(model, count)
-    rows = [[name, m["clip_direction"], m["clip_image"], m["clip_image_p5"],
-             m["clip_text_after"], m["clip_text_before"], result["direction_wins"].get(name, "")]
-            for name, m in result["means"].items()]
-    print_table(f"filter scores of {count} held-out `use: shapes` pairs (mean; p5: 5th "
-                "percentile; captions always the triplet's)",
-                ["after image", "CLIP_dir", "CLIP_im", "CLIP_im p5", "CLIP_out", "CLIP_in",
-                 "true dir wins"], rows)
+    for unsaid, said in ((0.0, "saying everything"),
+                         (0.5, "leaving size, place, background out at 0.5")):
+        result = pair_scores(model, count, unsaid=unsaid)
+        rows = [[name, m["clip_direction"], m["clip_image"], m["clip_image_p5"],
+                 m["clip_text_after"], m["clip_text_before"],
+                 result["direction_wins"].get(name, "")]
+                for name, m in result["means"].items()]
+        print_table(f"filter scores of {count} held-out `use: shapes` pairs (mean; p5: 5th "
+                    f"percentile; captions the triplet's, {said})",
+                    ["after image", "CLIP_dir", "CLIP_im", "CLIP_im p5", "CLIP_out", "CLIP_in",
+                     "true dir wins"], rows)
 
 
 def main() -> None:
-    run(__doc__, train, report, steps=2000, batch=64)
+    run(__doc__, train, report, steps=2000, batch=64, captions=True)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ from typing import Any
 
 from editkit.diffusion.control import AttentionController, Layer, attention_control, unet_layers
 
-from .world import (BACKGROUNDS, COLOURS, COLUMNS, IMAGE_SIZE, ROWS, SHAPES, SIZES, Scene, draw,
-                    random_scene, shape_box)
+from .world import (BACKGROUNDS, COLOURS, COLUMNS, IMAGE_SIZE, ROWS, SHAPES, SIZES, UNSAID,
+                    Scene, draw, random_scene, shape_box)
 
 CAPTION_DROP = 0.1
 # DDPM's linear schedule, not Stable Diffusion's scaled one: at 16x16 latents SD's last step
@@ -99,28 +99,43 @@ BOUND = (("row", ROWS), ("column", COLUMNS), ("kind", SHAPES), ("colour", tuple(
          ("size", tuple(SIZES)))
 
 
-def phrase_targets(scenes: list[Scene], tokenizer: Any, shapes: int = 2) -> Any:
+def phrase_targets(scenes: list[Scene], tokenizer: Any, shapes: int = 2,
+                   unsaid: list[frozenset[str]] | None = None) -> Any:
     """Per scene and shape: the token index that ends the shape's phrase in the caption and
     the shape's attributes as class numbers (BOUND's order); -1 throughout where a scene has
-    fewer shapes. The text encoder is causal, so that token is the first that can hold the
-    whole phrase (its place words come after its noun)."""
+    fewer shapes, and for an attribute its caption leaves unsaid (`unsaid`, per scene, as
+    `Scene.caption` takes it). The text encoder is causal, so that token is the first that
+    can hold the whole phrase (its place words come after its noun)."""
     import torch
 
     targets = torch.full((len(scenes), shapes, 2 + len(BOUND)), -1, dtype=torch.long)
     for n, scene in enumerate(scenes):
+        left_out = unsaid[n] if unsaid else frozenset()
         prefix = ""
         for k, shape in enumerate(scene.shapes):
             before = prefix + (" and " if k else "")
-            prefix = before + shape.phrase()
+            prefix = before + shape.phrase(left_out)
             end = len(tokenizer(prefix).input_ids) - 2  # [bos] words [eos]: the last word
             if end >= tokenizer.model_max_length - 1:
                 continue  # truncated away
-            noun = len(tokenizer(f"{before}a {shape.size} {shape.colour} {shape.kind}")
-                       .input_ids) - 2
+            noun = len(tokenizer(before + shape.phrase(left_out | {"place"})).input_ids) - 2
             targets[n, k, 0], targets[n, k, 1] = end, noun
-            targets[n, k, 2:] = torch.tensor([values.index(getattr(shape, name))
-                                              for name, values in BOUND])
+            for j, (name, values) in enumerate(BOUND):
+                said = "place" if name in ("row", "column") else name
+                if said not in left_out:
+                    targets[n, k, 2 + j] = values.index(getattr(shape, name))
     return targets
+
+
+def unsaid_captions(scenes: list[Scene], rate: float,
+                    generator: Any = None) -> tuple[list[str], list[frozenset[str]]]:
+    """Each scene's caption with each of UNSAID left out at `rate` (drawn from the torch
+    `generator`): the captions, and what each leaves out."""
+    import torch
+
+    left = torch.rand(len(scenes), len(UNSAID), generator=generator) < rate
+    unsaid = [frozenset(u for u, out in zip(UNSAID, row) if out) for row in left.tolist()]
+    return [s.caption(u) for s, u in zip(scenes, unsaid)], unsaid
 
 
 def shape_masks(scenes: list[Scene], size: int, shapes: int = 2) -> Any:
@@ -152,8 +167,10 @@ def binding_loss(hidden: Any, targets: Any, heads: Any) -> Any:
     tokens = hidden[rows[present], targets[..., 0][present]]
     logits = heads(tokens).split([len(values) for _, values in BOUND], dim=1)
     labels = targets[present][:, 2:]
-    return sum(torch.nn.functional.cross_entropy(lg, labels[:, j])
-               for j, lg in enumerate(logits)) / len(BOUND)
+    losses = [torch.nn.functional.cross_entropy(lg[labels[:, j] >= 0],
+                                                labels[:, j][labels[:, j] >= 0])
+              for j, lg in enumerate(logits) if (labels[:, j] >= 0).any()]  # said ones only
+    return sum(losses) / len(BOUND)
 
 
 # the shipped UNet: 32/64/64 channels, cross-attention at the 8x8 and 4x4 levels only
@@ -506,10 +523,13 @@ def grounding_loss(maps: list[Any], targets: Any, masks: dict[int, Any]) -> Any:
 
 def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps: int,
                batch: int, lr: float, log: Any, snapshot: Any = None, every: int = 0,
-               ema_decay: float = 0.998, binding: float = 0.0, grounding: float = 0.0) -> Any:
+               ema_decay: float = 0.998, binding: float = 0.0, grounding: float = 0.0,
+               unsaid: float = 0.0) -> Any:
     """Train UNet and text encoder on the latents of `scenes`; `binding` > 0 adds that
     weight of `binding_loss` (the heads are thrown away after), `grounding` > 0 that weight
-    of `grounding_loss` on every cross-attention layer."""
+    of `grounding_loss` on every cross-attention layer; `unsaid` > 0 leaves each of UNSAID
+    out of a step's captions at that rate (`unsaid_captions`), so the model also draws
+    from captions that do not say everything."""
     import contextlib
 
     import torch
@@ -518,9 +538,13 @@ def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps:
     tokenizer, text_encoder, unet = models["tokenizer"], models["text_encoder"], models["unet"]
     device = next(unet.parameters()).device
     noise_scheduler = DDPMScheduler(**NOISE)
-    ids = tokenizer([s.caption() for s in scenes], padding="max_length",
-                    max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+
+    def tokenize(captions: list[str]) -> Any:
+        return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(device)
+
+    ids = tokenize([s.caption() for s in scenes])
+    draws = torch.Generator().manual_seed(0)  # which attributes each step leaves unsaid
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                       return_tensors="pt").input_ids.to(device)
     latents = latents.to(device)
@@ -561,7 +585,12 @@ def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps:
         for step in range(steps):
             index = torch.randint(0, len(latents), (batch,)).to(device)
             x0 = latents[index]
-            tokens = ids[index].clone()
+            if unsaid:
+                chosen = [scenes[i] for i in index.tolist()]
+                captions, left_out = unsaid_captions(chosen, unsaid, draws)
+                tokens = tokenize(captions)
+            else:
+                tokens = ids[index].clone()
             drop = (torch.rand(batch) < CAPTION_DROP).to(device)
             tokens[drop] = empty
             noise = torch.randn_like(x0)
@@ -578,7 +607,8 @@ def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps:
             bound = grounded = None
             total = loss
             if targets is not None:
-                kept = targets[index].clone()
+                kept = (phrase_targets(chosen, tokenizer, unsaid=left_out).to(device) if unsaid
+                        else targets[index].clone())
                 kept[drop] = -1  # an empty caption binds nothing
             if heads is not None:
                 bound = binding_loss(hidden, kept, heads)
@@ -668,7 +698,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
           unet_channels: tuple[int, ...] = UNET_CHANNELS,
           attention_from: int = ATTENTION_FROM, locality_steps: int = 0,
           start_from: str | None = None, binding: float = 0.0,
-          grounding: float = 0.0) -> dict:
+          grounding: float = 0.0, unsaid: float = 0.0) -> dict:
     """Train every part and save a StableDiffusionPipeline folder at `out`; returns stats.
 
     Every finished phase is cached beside `out` (VAE phases, the polished decoder, the
@@ -777,7 +807,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
     tag = architecture_tag(unet_channels, attention_from) + \
         (f"-l{locality_steps}" if locality_steps else "") + \
         (f"-{start_tag}" if start_from else "") + (f"-b{binding:g}" if binding else "") + \
-        (f"-g{grounding:g}" if grounding else "")
+        (f"-g{grounding:g}" if grounding else "") + (f"-u{unsaid:g}" if unsaid else "")
     for phase in range(len(unet_steps)):
         done = "+".join(str(n) for n in unet_steps[:phase + 1])
         cache = out.parent / f".{out.name}-unet-{seed}-{images}-{done}{tag}"
@@ -788,7 +818,8 @@ def train(out: Path, seed: int = 0, images: int = 16000,
             log(f"unet and text encoder loaded from {cache}")
             continue
         train_unet(models, latents, scenes, unet_steps[phase], batch, lr / 2 ** phase, log,
-                   snapshot, snapshot_every, binding=binding, grounding=grounding)
+                   snapshot, snapshot_every, binding=binding, grounding=grounding,
+                   unsaid=unsaid)
         models["unet"].save_pretrained(cache / "unet")
         models["text_encoder"].save_pretrained(cache / "text_encoder")
     save(out)
@@ -796,7 +827,7 @@ def train(out: Path, seed: int = 0, images: int = 16000,
              "unet_channels": list(unet_channels), "attention_from": attention_from,
              "decoder_steps": decoder_steps, "locality_steps": locality_steps,
              "unet_steps": unet_steps, "start_from": start_from, "binding": binding,
-             "grounding": grounding,
+             "grounding": grounding, "unsaid": unsaid,
              "batch": batch, "lr": lr, "vae_seconds": round(vae_time, 1),
              "total_seconds": round(time.time() - started, 1),
              "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
@@ -841,7 +872,12 @@ def main() -> None:
     parser.add_argument("--grounding", type=float, default=0.0,
                         help="weight of a loss that keeps each shape phrase's cross-attention "
                              "inside the shape's box (grounding_loss; default 0)")
+    parser.add_argument("--unsaid", type=float, default=0.0,
+                        help="leave each of size, place and background out of a training "
+                             "caption at this rate (default 0: captions say everything)")
     args = parser.parse_args()
+    if not 0 <= args.unsaid <= 1:
+        parser.error(f"--unsaid {args.unsaid}: a rate, from 0 to 1")
     if not 0 <= args.attention_from < len(args.unet_channels):
         parser.error(f"--attention-from {args.attention_from}: the UNet has levels 0 to "
                      f"{len(args.unet_channels) - 1}")
@@ -851,7 +887,7 @@ def main() -> None:
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
           args.lr, args.threads, args.snapshot_every, args.decoder_steps, args.device,
           args.unet_channels, args.attention_from, args.locality_steps, args.start_from,
-          args.binding, args.grounding)
+          args.binding, args.grounding, args.unsaid)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ SIZES = {"small": 12, "large": 19}  # side of the shape's box, in pixels of a 64
 COLUMNS = ("left", "center", "right")
 ROWS = ("top", "middle", "bottom")
 IMAGE_SIZE = 64
+UNSAID = ("size", "place", "background")  # what a caption may leave out
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ class Shape:
             return f"at the {self.row}"
         return f"at the {self.row} {self.column}"
 
-    def phrase(self) -> str:
-        return f"a {self.size} {self.colour} {self.kind} {self.place}"
+    def phrase(self, unsaid: frozenset[str] = frozenset()) -> str:
+        """"a small red circle at the top left"; `unsaid` leaves out "size" and/or "place"."""
+        words = ["a", *(() if "size" in unsaid else (self.size,)), self.colour, self.kind,
+                 *(() if "place" in unsaid else (self.place,))]
+        return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,11 @@ class Scene:
     shapes: tuple[Shape, ...]
     background: str
 
-    def caption(self) -> str:
-        return " and ".join(s.phrase() for s in self.shapes) + \
-            f" on a {self.background} background"
+    def caption(self, unsaid: frozenset[str] = frozenset()) -> str:
+        """The scene in words; `unsaid` (of UNSAID) leaves those attributes out, so a model
+        draws them as it likes: the shapes' sizes, their places, the background colour."""
+        return " and ".join(s.phrase(unsaid) for s in self.shapes) + \
+            ("" if "background" in unsaid else f" on a {self.background} background")
 
     def cells(self) -> set[tuple[str, str]]:
         return {(s.row, s.column) for s in self.shapes}

@@ -119,3 +119,27 @@ def test_package_data_carries_every_shipped_model_file():
     covered = {p for pattern in patterns for p in root.glob(pattern)}
     shipped = {p for p in (root / "models").rglob("*") if p.is_file()}
     assert shipped and shipped <= covered, sorted(map(str, shipped - covered))
+
+
+def test_train_clip_with_unsaid_captions_saves_a_loadable_model(tmp_path):
+    import json
+
+    from transformers import CLIPModel
+
+    from editkit_shapes.train_clip import pair_captions, train
+
+    pairs = world_pairs(200, SEED)
+    captions = pair_captions(pairs, 0.5, random.Random(0))
+    befores, afters = captions[:200], captions[200:]
+    assert befores[:5] != [p.before.caption() for p in pairs[:5]] or \
+        afters[:5] != [p.after.caption() for p in pairs[:5]]
+    for pair, before, after in zip(pairs, befores, afters):
+        # both captions leave the same things out, and the edit still reads from them
+        assert len(before.split()) - len(pair.before.caption().split()) == \
+            len(after.split()) - len(pair.after.caption().split()) or pair.kind in ("add",
+                                                                                   "remove")
+        assert before != after
+    stats = train(tmp_path / "clip", pairs=32, steps=2, batch=8, unsaid=0.5)
+    assert stats["unsaid"] == 0.5
+    assert json.loads((tmp_path / "clip" / "train_stats.json").read_text())["steps"] == 2
+    assert CLIPModel.from_pretrained(tmp_path / "clip").config.projection_dim == 64

@@ -24,6 +24,38 @@ def test_oracle_sees_a_single_changed_attribute():
 def test_caption_names_every_attribute():
     scene = Scene((Shape("triangle", "yellow", "small", "middle", "center"),), "black")
     assert scene.caption() == "a small yellow triangle in the center on a black background"
+    assert scene.caption(frozenset({"size", "background"})) == \
+        "a yellow triangle in the center"
+    assert scene.caption(frozenset({"place"})) == "a small yellow triangle on a black background"
+
+
+def test_shapes_triplets_may_leave_attributes_unsaid_but_never_the_edited_one():
+    from editkit.kinds import CaptionJob
+    from editkit_shapes.captions import ShapesCaptions, scene_from_dict
+
+    full = next(iter(ShapesCaptions(ShapesCaptions.Options(batch=200)).generate(
+        CaptionJob(count=200, seed=5))))
+    options = ShapesCaptions.Options(batch=200, unsaid=["size", "place", "background"],
+                                     unsaid_rate=0.5)
+    triplets = next(iter(ShapesCaptions(options).generate(CaptionJob(count=200, seed=5))))
+    left_out = {"size": 0, "place": 0, "background": 0}
+    for plain, t in zip(full, triplets):
+        # the same scenes and edits as without `unsaid`: only the captions say less
+        assert {k: v for k, v in plain.items() if k not in ("input", "output")} == \
+            {k: v for k, v in t.items() if k not in ("input", "output")}
+        before, after = scene_from_dict(t["scene_before"]), scene_from_dict(t["scene_after"])
+        words = t["input"].split()
+        gone = {"size": not {"small", "large"} & set(words),
+                "place": not {"top", "middle", "bottom", "left", "right", "center"} &
+                set(words),
+                "background": "background" not in words}
+        assert t["input"] == before.caption(frozenset(u for u, g in gone.items() if g))
+        assert t["output"] == after.caption(frozenset(u for u, g in gone.items() if g))
+        needed = {"size": "size", "background": "background", "add": "place"}
+        assert not gone.get(needed.get(t["edit_kind"], ""), False), t
+        for u, g in gone.items():
+            left_out[u] += g
+    assert all(40 < n < 100 for n in left_out.values()), left_out
 
 
 def test_shapes_triplets_are_one_true_edit_each():
@@ -129,14 +161,14 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
 
     # --start-from continues that model: no VAE phases, its UNet trained on, caches its own
     more = train(tmp_path / "more", images=32, unet_steps=(2,), batch=4, locality_steps=1,
-                 start_from=str(out), binding=0.1, grounding=0.1)
+                 start_from=str(out), binding=0.1, grounding=0.1, unsaid=0.5)
     assert more["start_from"] == str(out) and more["vae_steps"] == ()
-    assert more["binding"] == 0.1 and more["grounding"] == 0.1
+    assert more["binding"] == 0.1 and more["grounding"] == 0.1 and more["unsaid"] == 0.5
     assert more["unet_channels"] == [32, 48, 48] and more["attention_from"] == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".more-vae-")]
     unet_caches = [p.name for p in tmp_path.iterdir() if p.name.startswith(".more-unet-")]
     assert len(unet_caches) == 1 and "-from-sd-" in unet_caches[0]
-    assert unet_caches[0].endswith("-b0.1-g0.1")  # the extra losses train caches of their own
+    assert unet_caches[0].endswith("-b0.1-g0.1-u0.5")  # other losses and captions: own caches
     continued = StableDiffusionPipeline.from_pretrained(tmp_path / "more")
     moved = max((a - b).abs().max().item() for a, b in
                 zip(continued.unet.parameters(), pipe.unet.parameters()))
@@ -189,6 +221,16 @@ def test_binding_targets_point_at_each_phrase_end_and_the_loss_teaches_the_encod
     assert targets[0, 1, 2:].tolist() == [0, 2, 1, list(dict(BOUND)["colour"]).index("blue"), 1]
     assert targets[1, 0, 0] == len(tokenizer(one.shapes[0].phrase()).input_ids) - 2
     assert (targets[1, 1] == -1).all()  # no second shape
+    # a caption without places and sizes: the phrase is "a red circle", nothing to read of
+    # row, column or size; the loss reads what is said and stays finite
+    said = phrase_targets([two], tokenizer, unsaid=[frozenset({"place", "size"})])
+    short = tokenizer(two.caption(frozenset({"place", "size"}))).input_ids
+    assert [tokenizer.decode([short[i]]).strip() for i in said[0, :, 0].tolist()] == \
+        ["circle", "square"]
+    assert (said[0, :, 0] == said[0, :, 1]).all()
+    assert said[0, 0, 2:].tolist() == [-1, -1, 0, list(dict(BOUND)["colour"]).index("red"), -1]
+    assert torch.isfinite(binding_loss(encoder(torch.tensor([short]))[0], said,
+                                       torch.nn.Linear(64, sum(len(v) for _, v in BOUND))))
 
     # the two captions differ only in which shape is where: heads and encoder learn it
     swapped = Scene((Shape("circle", "red", "small", "top", "right"),
