@@ -37,8 +37,10 @@ the encoder's probes perfect but moved position not at all; grounding alone is u
 Both together, 4,000 steps from the old shipped model (`--start-from`, lr 2.5e-4, both
 weights 0.02): position for each of two shapes 0.80, every attribute right 0.66 -> 0.84
 (eval_world, 300 prompts, cfg 4); 4,000 more from there (lr 1.25e-4, grounding 0.05):
-0.99 and 0.977 (not shipped yet: BENCHMARKS.md, session 14). The losses cost nothing at
-sampling: the saved model is a plain StableDiffusionPipeline.
+0.99 and 0.977; 4,000 more with `--unsaid 0.25` (captions that leave size, place or
+background out, so the model also draws what a caption does not say): 0.997 and 0.983, the
+shipped `shapes-sd` (BENCHMARKS.md, sessions 14-15). The losses cost nothing at sampling:
+the saved model is a plain StableDiffusionPipeline.
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns
 where a prompt puts a shape: position 0.19 -> 0.59 -> 0.70 -> 0.71 of samples, every attribute
@@ -543,14 +545,16 @@ def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps:
         return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(device)
 
-    ids = tokenize([s.caption() for s in scenes])
+    # with `unsaid`, each step tokenizes its own captions (and finds its phrases) instead
+    ids = None if unsaid else tokenize([s.caption() for s in scenes])
     draws = torch.Generator().manual_seed(0)  # which attributes each step leaves unsaid
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                       return_tensors="pt").input_ids.to(device)
     latents = latents.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     heads = targets = None
-    if binding or grounding:
+    phrases = bool(binding or grounding)  # the losses that need each shape's phrase
+    if phrases and not unsaid:
         targets = phrase_targets(scenes, tokenizer).to(device)
     recorder, masks = AttentionRecorder(), {}
     if grounding:
@@ -606,7 +610,7 @@ def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps:
             loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
             bound = grounded = None
             total = loss
-            if targets is not None:
+            if phrases:
                 kept = (phrase_targets(chosen, tokenizer, unsaid=left_out).to(device) if unsaid
                         else targets[index].clone())
                 kept[drop] = -1  # an empty caption binds nothing
