@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 from pydantic import Field, model_validator
 
 from editkit.editmodel import weights_probe
+from editkit.errors import RunError
 
 from .data import BatchPlan, Row, make_buckets, paired_crop, read_pair_rows
 from .loop import seed_for
@@ -64,6 +65,16 @@ class EditOptions(TrainOptions):
                           "`sample` lets a small UNet copy what the edit keeps exactly "
                           "(BENCHMARKS.md, shapes editor)")
 
+    grounding: float = Field(
+        0.0, ge=0, description="weight of a loss that asks the cross-attention of the "
+                               "instruction's content words (as `editkit edit --localize` "
+                               "picks them) to fall where the example's before and after "
+                               "images differ (TokenCompose's token loss on a mask made from "
+                               "the pair itself); 0: off")
+    grounding_threshold: float = Field(
+        0.3, gt=0, le=1, description="a latent cell is in the changed region when its "
+                                     "change is at least this share of the example's largest")
+
     @model_validator(mode="after")
     def _dropout_sum(self) -> "EditOptions":
         if self.text_dropout + self.image_dropout + self.both_dropout > 1:
@@ -85,8 +96,11 @@ class EditTask:
         self.output_dir = Path(output_dir)
         self.seed = seed
         self.lora = lora  # None for a full fine-tune; else an object with rank/alpha/...
+        self.train_text = False  # a LoRA on the text encoder too (lora.train_text_encoder)
         self.parts: Components | None = None
         self._latents: dict[tuple[str, bool, tuple[int, int]], Any] = {}
+        self._grounding_words: dict[str, Any] = {}
+        self.grounding_seen: list[float] = []  # the grounding loss of each batch, for the log
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -130,6 +144,19 @@ class EditTask:
                 target_modules=list(self.lora.target_modules)))
             self.train_conv_in = (parts.widened if self.lora.train_conv_in is None
                                   else self.lora.train_conv_in)
+            self.train_text = bool(getattr(self.lora, "train_text_encoder", False))
+            if self.train_text:
+                if world > 1:
+                    raise RunError("train_text_encoder runs on one process only",
+                                   "launch without accelerate's multi-process, or set "
+                                   "train_text_encoder: false")
+                parts.text_encoder.add_adapter(LoraConfig(
+                    r=self.lora.rank, lora_alpha=self.lora.alpha or self.lora.rank,
+                    lora_dropout=self.lora.lora_dropout, init_lora_weights="gaussian",
+                    target_modules=list(self.lora.text_encoder_modules)))
+                for param in parts.text_encoder.parameters():
+                    if param.requires_grad:
+                        param.data = param.data.float()
             unet.conv_in.requires_grad_(self.train_conv_in)
             unet.to(device)
             if weight_dtype != torch.float32:
@@ -164,7 +191,11 @@ class EditTask:
         return self.parts.unet
 
     def trainable(self) -> list[tuple[str, Any]]:
-        return [(n, p) for n, p in self.parts.unet.named_parameters() if p.requires_grad]
+        unet = [(n, p) for n, p in self.parts.unet.named_parameters() if p.requires_grad]
+        if not self.train_text:
+            return unet
+        return unet + [(f"text_encoder.{n}", p)
+                       for n, p in self.parts.text_encoder.named_parameters() if p.requires_grad]
 
     def size(self) -> ModelSize:
         return model_size(self.parts.unet, [self.parts.vae, self.parts.text_encoder],
@@ -175,13 +206,13 @@ class EditTask:
 
     # --- one batch ------------------------------------------------------------------------
 
-    def _encode(self, prompts: list[str]) -> Any:
+    def _encode(self, prompts: list[str], grad: bool = False) -> Any:
         import torch
 
         tok = self.parts.tokenizer
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids.to(self.device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return self.parts.text_encoder(ids)[0]
 
     def _example(self, index: int, rng: random.Random) -> tuple[str, list[Any], tuple[int, int]]:
@@ -214,9 +245,10 @@ class EditTask:
         return rng.choice(options) if options else None
 
     def _latents_for(self, examples: list[list[Any]], bucket_of: list[tuple[int, int]],
-                     generator: Any) -> tuple[Any, Any]:
-        """(target latents, sampled and scaled; input-image latents, the distribution mode)
-        for a batch of [before, after] examples: cached, or encoded in one VAE call."""
+                     generator: Any) -> tuple[Any, Any, Any]:
+        """(target latents, sampled and scaled; input-image latents, the distribution mode;
+        the target's mode) for a batch of [before, after] examples: cached, or encoded in
+        one VAE call."""
         import torch
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
@@ -234,7 +266,7 @@ class EditTask:
         after = DiagonalGaussianDistribution(params[1::2])
         noise = torch.randn(after.mean.shape, generator=generator).to(after.mean)
         target = (after.mean + after.std * noise) * vae.config.scaling_factor
-        return target, before
+        return target, before, after.mean
 
     def _cached_dists(self, keys: list[tuple[str, bool, tuple[int, int]]]) -> Any:
         """The VAE's distribution parameters of each (path, mirrored, bucket), the ones not
@@ -268,7 +300,7 @@ class EditTask:
         generator = torch.Generator().manual_seed(seed_for(self.seed, micro, rank, 2))
         examples = [self._example(index, rng) for index in rows]
         prompts = [prompt for prompt, _, _ in examples]
-        latents, image_latents = self._latents_for(
+        latents, before, after = self._latents_for(
             [images for _, images, _ in examples], [bucket for _, _, bucket in examples],
             generator)
         batch = latents.shape[0]
@@ -277,19 +309,61 @@ class EditTask:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,),
                                   generator=generator).to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        text = self._encode(prompts)
+        if self.train_text:  # the empty instruction as the encoder now reads it
+            both = self._encode(prompts + [""], grad=True)
+            text, null = both[:-1], both[-1:]
+        else:
+            text, null = self._encode(prompts), self.null_embedding
         u = torch.rand(batch, generator=generator).to(self.device)
         o = self.options
         drop_text = u < o.text_dropout + o.both_dropout
         drop_image = (u >= o.text_dropout) & (u < o.text_dropout + o.both_dropout
                                               + o.image_dropout)
-        text = torch.where(drop_text[:, None, None], self.null_embedding.to(text), text)
-        image_latents = image_latents * (~drop_image).to(image_latents)[:, None, None, None]
+        text = torch.where(drop_text[:, None, None], null.to(text), text)
+        image_latents = before * (~drop_image).to(before)[:, None, None, None]
         goal = diffusion_goal(scheduler, latents, noise, timesteps)
         model_input = torch.cat([noisy, image_latents], dim=1)
         unet_dtype = next(p for p in self.parts.unet.parameters()).dtype
-        pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
-        return diffusion_loss(scheduler, pred, goal, timesteps, o.snr_gamma)
+        if not o.grounding:
+            pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
+            return diffusion_loss(scheduler, pred, goal, timesteps, o.snr_gamma)
+        from editkit.diffusion.control import attention_control
+        from editkit.diffusion.grounding import (AttentionRecorder, attention_inside_loss,
+                                                 change_masks)
+        recorder = AttentionRecorder()
+        with attention_control(self.parts.unet, recorder) as layers:
+            recorder.begin(tuple(latents.shape[-2:]), (1, batch, 1))
+            pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
+        sizes = {layer.map_size(tuple(latents.shape[-2:]))
+                 for layer in layers.values() if layer.cross}
+        masks = change_masks(before, after, sorted(sizes), o.grounding_threshold)
+        # the content words of each instruction, where the example has text and a change
+        member = torch.stack([self._grounded_tokens(p) for p in prompts]).to(self.device)
+        changed = next(iter(masks.values())).flatten(1).amax(dim=1) > 0
+        member = member * (~drop_text & changed)[:, None]
+        grounded = attention_inside_loss(recorder.maps, member[:, None], masks)
+        self.grounding_seen.append(float(grounded))
+        return (diffusion_loss(scheduler, pred, goal, timesteps, o.snr_gamma)
+                + o.grounding * grounded)
+
+    def _grounded_tokens(self, prompt: str) -> Any:
+        """(tokens,) 1 at the instruction's content words, 0 elsewhere (cached)."""
+        import torch
+
+        from editkit.diffusion.alignment import word_weights
+        from editkit.diffusion.localize import instruction_words
+        from editkit.errors import InputError
+
+        if prompt not in self._grounding_words:
+            tok = self.parts.tokenizer
+            try:
+                words = instruction_words(prompt)
+            except InputError:  # nothing to ground: "do it again"
+                words = []
+            self._grounding_words[prompt] = (word_weights(tok, prompt, words,
+                                                          tok.model_max_length)
+                                             if words else torch.zeros(tok.model_max_length))
+        return self._grounding_words[prompt]
 
     # --- validation and export --------------------------------------------------------------
 
@@ -374,6 +448,12 @@ class EditTask:
 
     def log_scalar(self, name: str, value: float, step: int) -> None:
         self.tracker.scalar(name, value, step)
+        if name == "train/loss" and self.grounding_seen and step % 100 == 0:
+            mean = sum(self.grounding_seen) / len(self.grounding_seen)
+            self.tracker.scalar("train/grounding", mean, step)
+            self.log(f"step {step}: grounding loss {mean:.4f} (weight "
+                     f"{self.options.grounding:g}, included in the loss)")
+            self.grounding_seen.clear()
 
     def export(self, folder: Path) -> dict[str, Any]:
         """A LoRA file `load_lora_weights` accepts (+ conv_in when trained), or a full
@@ -387,7 +467,10 @@ class EditTask:
             from safetensors.torch import save_file
 
             StableDiffusionInstructPix2PixPipeline.save_lora_weights(
-                folder, unet_lora_layers=lora_layers(unet), safe_serialization=True)
+                folder, unet_lora_layers=lora_layers(unet),
+                text_encoder_lora_layers=(lora_layers(self.parts.text_encoder)
+                                          if self.train_text else None),
+                safe_serialization=True)
             conv_in = None
             if self.train_conv_in:
                 conv_in = "conv_in.safetensors"

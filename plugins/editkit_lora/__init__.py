@@ -16,6 +16,7 @@ from editkit.kinds import Trainer, TrainJob
 from editkit.training.edit import EditOptions
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's text encoder
 
 
 class LoraOptions(EditOptions):
@@ -26,6 +27,13 @@ class LoraOptions(EditOptions):
     train_conv_in: bool | None = Field(
         None, description="train conv_in (the image channels); default: only when it was "
                           "widened from a plain Stable Diffusion base")
+    train_text_encoder: bool = Field(
+        False, description="a LoRA of the same rank on the text encoder's attention too "
+                           "(saved in the same file; diffusers' loaders apply it): the "
+                           "encoder of a text-to-image base has read captions, never "
+                           "instructions. One process only")
+    text_encoder_modules: list[str] = Field(default_factory=lambda: list(TEXT_ATTENTION),
+                                            min_length=1)
 
 
 class LoraTrainer(Trainer):

@@ -58,7 +58,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from editkit.diffusion.control import AttentionController, Layer, attention_control, unet_layers
+from editkit.diffusion.control import attention_control, unet_layers
+from editkit.diffusion.grounding import AttentionRecorder, attention_inside_loss
 
 from .world import (BACKGROUNDS, COLOURS, COLUMNS, IMAGE_SIZE, ROWS, SHAPES, SIZES, UNSAID,
                     Scene, draw, random_scene, shape_box)
@@ -483,22 +484,6 @@ def vae_oracle(vae: Any, x: Any) -> float:
                           for a, b in zip(originals, reconstruct(vae, x))]))
 
 
-class AttentionRecorder(AttentionController):
-    """Keeps the probabilities of every cross-attention layer of one UNet call (with their
-    gradients), for `grounding_loss`; clear `maps` before each call."""
-
-    def begin(self, latent_hw: tuple[int, int], layout: tuple[int, int, int]) -> None:
-        super().begin(latent_hw, layout)
-        self.maps: list[Any] = []
-
-    def wants(self, layer: Layer) -> bool:
-        return layer.cross
-
-    def edit(self, layer: Layer, probs: Any) -> Any:
-        self.maps.append(probs)
-        return probs
-
-
 def grounding_loss(maps: list[Any], targets: Any, masks: dict[int, Any]) -> Any:
     """TokenCompose's token loss (Wang et al., CVPR 2024) on the world's exact boxes: for
     each shape, the attention each of its phrase's tokens (from its noun to its last word;
@@ -509,18 +494,10 @@ def grounding_loss(maps: list[Any], targets: Any, masks: dict[int, Any]) -> Any:
     import torch
 
     present = targets[..., 0] >= 0
-    if not present.any():
-        return maps[0].sum() * 0.0
     keys = torch.arange(maps[0].shape[-1], device=targets.device)
     # (batch, shapes, keys): which tokens belong to each shape's phrase
     member = ((keys >= targets[..., 1:2]) & (keys <= targets[..., 0:1]) & present[..., None])
-    losses = []
-    for probs in maps:
-        mass = probs.mean(dim=1)  # (batch, queries, keys), heads averaged
-        share = mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-8)
-        inside = torch.einsum("bqk,bsq->bsk", share, masks[mass.shape[1]])
-        losses.append(((1 - inside) ** 2 * member).sum() / member.sum())
-    return torch.stack(losses).mean()
+    return attention_inside_loss(maps, member, masks)
 
 
 def train_unet(models: dict[str, Any], latents: Any, scenes: list[Scene], steps: int,
