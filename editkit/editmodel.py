@@ -154,12 +154,19 @@ def with_prediction_type(scheduler: Any, prediction_type: str | None) -> Any:
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
-def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
-    """Give a text-to-image UNet extra input channels, zero-initialised, so it starts out
-    ignoring the image condition exactly as InstructPix2Pix did. `in_channels` is twice the
-    latent channels (8 for Stable Diffusion's 4)."""
+CONV_IN_INITS = ("zeros", "copy")
+
+
+def widen_conv_in(unet: Any, in_channels: int = 8, init: str = "zeros") -> None:
+    """Give a text-to-image UNet extra input channels for the image condition. `zeros`: the
+    UNet starts out ignoring the image, exactly as InstructPix2Pix did. `copy`: the noisy
+    latents' weights duplicated onto the image channels and both halved (Marigold, Ke et al.,
+    CVPR 2024), so it starts out reading the input image as if it were the picture being
+    denoised. `in_channels` is twice the latent channels (8 for Stable Diffusion's 4)."""
     import torch
 
+    if init not in CONV_IN_INITS:
+        raise ValueError(f"conv_in init must be one of {CONV_IN_INITS}, not {init!r}")
     old = unet.conv_in
     if old.in_channels == in_channels:
         return
@@ -167,7 +174,11 @@ def widen_conv_in(unet: Any, in_channels: int = 8) -> None:
                           old.padding, device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
         new.weight.zero_()
-        new.weight[:, : old.in_channels] = old.weight
+        if init == "copy":
+            new.weight[:, : old.in_channels] = old.weight / 2
+            new.weight[:, old.in_channels: 2 * old.in_channels] = old.weight / 2
+        else:
+            new.weight[:, : old.in_channels] = old.weight
         new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=in_channels)

@@ -65,6 +65,11 @@ class EditOptions(TrainOptions):
                           "`sample` lets a small UNet copy what the edit keeps exactly "
                           "(BENCHMARKS.md, shapes editor)")
 
+    conv_in_init: Literal["zeros", "copy"] = Field(
+        "zeros", description="how a plain text-to-image base's widened conv_in starts: zeros "
+                             "(InstructPix2Pix: the image is ignored at first) or copy "
+                             "(Marigold: the latents' weights duplicated onto the image "
+                             "channels, both halved: the input is read from the first step)")
     grounding: float = Field(
         0.0, ge=0, description="weight of a loss that asks the cross-attention of the "
                                "instruction's content words (as `editkit edit --localize` "
@@ -117,15 +122,18 @@ class EditTask:
             log(f"skipped: {problem}")
         if len(problems) > 5:
             log(f"skipped {len(problems) - 5} more rows")
-        parts = load_components(self.options.base, edit=True)
+        parts = load_components(self.options.base, edit=True,
+                                conv_in_init=self.options.conv_in_init)
         parts.noise_scheduler = with_prediction_type(parts.noise_scheduler,
                                                      self.options.prediction_type)
         self.parts = parts
         self.base_probe = weights_probe(parts.unet)  # before any LoRA layer wraps a weight
         if parts.widened:
+            start = ("start at zero" if self.options.conv_in_init == "zeros" else
+                     "start as a halved copy of the latents' (the latents' halved too)")
             log(f"{self.options.base} is a text-to-image model: conv_in widened to "
                 f"{parts.unet.config.in_channels} channels, "
-                "the image channels start at zero and are trained")
+                f"the image channels {start} and are trained")
         unet = parts.unet
         for frozen in (parts.vae, parts.text_encoder):
             frozen.requires_grad_(False).to(device)

@@ -22,8 +22,10 @@ class Components:
     widened: bool = False  # conv_in was widened from 4 to 8 channels here
 
 
-def load_components(base: str, *, edit: bool = True) -> Components:
-    """Every part through `from_pretrained`; `edit` makes sure the UNet takes 8 channels."""
+def load_components(base: str, *, edit: bool = True, conv_in_init: str = "zeros"
+                    ) -> Components:
+    """Every part through `from_pretrained`; `edit` makes sure the UNet takes 8 channels
+    (widened with `conv_in_init`, `editkit.editmodel.widen_conv_in`)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -38,8 +40,8 @@ def load_components(base: str, *, edit: bool = True) -> Components:
     )
     latent = parts.unet.config.out_channels
     if edit and parts.unet.config.in_channels == latent:
-        # zero-initialised image channels: predicts exactly what the plain UNet did at first
-        widen_conv_in(parts.unet, 2 * latent)
+        # zero-initialised image channels predict exactly what the plain UNet did at first
+        widen_conv_in(parts.unet, 2 * latent, conv_in_init)
         parts.widened = True
     return parts
 

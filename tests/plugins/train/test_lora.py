@@ -372,3 +372,36 @@ def test_a_text_encoder_lora_is_trained_saved_in_the_same_file_and_loaded(pairs,
 
     assert (read(tuned) - read(plain)).abs().mean() > 1e-4
     assert np.isfinite(edit(tuned)).all()
+
+
+def test_copy_init_reads_the_input_image_from_the_first_step():
+    """`conv_in_init: copy` (Marigold): with the image equal to the noisy latents, the widened
+    UNet computes exactly what the plain one does; `zeros` ignores the image altogether."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from editkit.editmodel import widen_conv_in
+
+    plain = UNet2DConditionModel.from_pretrained(tiny_model("tiny-sd"), subfolder="unet")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    image = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = plain.conv_in(latents)
+        outputs = {}
+        for init in ("zeros", "copy"):
+            unet = UNet2DConditionModel.from_pretrained(tiny_model("tiny-sd"), subfolder="unet")
+            widen_conv_in(unet, 8, init)
+            outputs[init] = {name: unet.conv_in(torch.cat([latents, x], 1))
+                             for name, x in (("same", latents), ("other", image))}
+    torch.testing.assert_close(outputs["copy"]["same"], want)
+    assert (outputs["copy"]["other"] - want).abs().mean() > 1e-2  # the image is read
+    torch.testing.assert_close(outputs["zeros"]["other"], want)  # the image is ignored
+
+
+def test_an_unknown_conv_in_init_is_an_option_error():
+    from pydantic import ValidationError
+
+    from editkit_lora import LoraOptions
+
+    with pytest.raises(ValidationError, match="conv_in_init"):
+        LoraOptions(conv_in_init="ones")
