@@ -40,7 +40,7 @@ def load_components(base: str, *, edit: bool = True, conv_in_init: str = "zeros"
     )
     latent = parts.unet.config.out_channels
     if edit and parts.unet.config.in_channels == latent:
-        # zero-initialised image channels predict exactly what the plain UNet did at first
+        # with `zeros` (the default) it predicts exactly what the plain UNet did at first
         widen_conv_in(parts.unet, 2 * latent, conv_in_init)
         parts.widened = True
     return parts
