@@ -8,6 +8,9 @@ in the same run.
     python benchmarks/train.py                         # tiny models, CPU, seconds
     python benchmarks/train.py --model sd15-shaped --resolution 512 --mixed-precision fp16
         # an SD-1.5-sized InstructPix2Pix (random weights: same shapes, memory and speed)
+    python benchmarks/train.py --model shapes-sd --resolution 64 --batch-size 32 --rank 64 \
+        --steps 20 --targets to_q,to_k,to_v,to_out.0,conv1,conv2,conv_shortcut,time_emb_proj,\
+proj_in,proj_out --attention plain          # the shapes recipe's editor
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ CONFIGS = {
     "full": ("instruct-pix2pix", {}),
     "lora": ("lora", {"optimizer": "adamw"}),
     "lora + adamw8bit": ("lora", {"optimizer": "adamw8bit"}),
+    # the LoRA trained as the weights' difference, exported as factors (training.delta)
+    "lora, delta": ("lora", {"optimizer": "adamw", "parametrization": "delta"}),
 }
 
 
@@ -80,6 +85,10 @@ def worker(args: argparse.Namespace) -> None:
                    **extra)
     if use == "lora":
         options["rank"] = args.rank
+        if args.targets:
+            options["target_modules"] = args.targets.split(",")
+    if args.attention:
+        options["attention"] = args.attention
     trainer = cls(cls.Options(**options))
     result = trainer.train(TrainJob(dataset_dir=data, output_dir=work / args.worker.replace(
         " ", ""), seed=0))
@@ -96,6 +105,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--targets", default="", help="LoRA target modules, comma-separated "
+                        "[the trainer's default: attention]; the shapes recipe's: "
+                        "to_q,to_k,to_v,to_out.0,conv1,conv2,conv_shortcut,time_emb_proj,"
+                        "proj_in,proj_out")
+    parser.add_argument("--attention", choices=["sdpa", "plain"], default=None,
+                        help="the trainers' attention option [sdpa]")
     parser.add_argument("--repeats", type=int, default=1,
                         help="interleaved rounds; each configuration's fastest is reported")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -114,7 +129,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", name, "--work", tmp, "--base", base,
                    "--resolution", str(args.resolution), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size), "--rank", str(args.rank),
-                   "--mixed-precision", args.mixed_precision]
+                   "--mixed-precision", args.mixed_precision, "--targets", args.targets]
+            if args.attention:
+                cmd += ["--attention", args.attention]
             if args.gradient_checkpointing:
                 cmd.append("--gradient-checkpointing")
             done = subprocess.run(cmd, capture_output=True, text=True)

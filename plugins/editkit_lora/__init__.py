@@ -7,7 +7,7 @@ beside the LoRA as `conv_in.safetensors`; the LoRA file loads with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -34,6 +34,12 @@ class LoraOptions(EditOptions):
                            "instructions. One process only")
     text_encoder_modules: list[str] = Field(default_factory=lambda: list(TEXT_ATTENTION),
                                             min_length=1)
+    parametrization: Literal["factors", "delta"] = Field(
+        "factors", description="factors: train the LoRA's A and B (peft); delta: train each "
+                               "targeted weight's difference D itself and export it as "
+                               "rank-`rank` factors by SVD (exact when the rank is full): on "
+                               "layers no wider than the rank, the same function for ~30% "
+                               "less time a step (BENCHMARKS.md, session 18)")
 
 
 class LoraTrainer(Trainer):

@@ -405,3 +405,58 @@ def test_an_unknown_conv_in_init_is_an_option_error():
 
     with pytest.raises(ValidationError, match="conv_in_init"):
         LoraOptions(conv_in_init="ones")
+
+
+def test_delta_parametrization_exports_exactly_the_trained_difference(pairs, tmp_path):
+    """`parametrization: delta` trains W0 + D on the targeted layers (UNet and text encoder)
+    and exports D as ordinary LoRA factors: the loaded editor's fused weights are the base's
+    plus exactly the difference the last checkpoint holds (full rank: SVD loses nothing)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel
+
+    from editkit.editmodel import load_edit_pipeline
+
+    result = train_lora(pairs, tmp_path / "train", base="tiny-sd", steps=4,
+                        checkpoint_every=4, validation_images=0, rank=64,
+                        learning_rate=1e-2, target_modules=CONV_TARGETS,
+                        train_text_encoder=True, parametrization="delta")
+    assert result["type"] == "lora" and result["rank"] == 64
+    log = (tmp_path / "train" / "log.txt").read_text()
+    assert "exported as rank-64 LoRA factors (smallest share of a layer's energy kept: 1.0000)" \
+        in log
+    trained = load_file(tmp_path / "train" / "checkpoints" / "step-00000004" /
+                        "trainable.safetensors")
+    deltas = {k.split(".parametrizations.")[0]: v for k, v in trained.items()
+              if k.endswith(".parametrizations.weight.0.delta")}
+    assert deltas and all(v.abs().max() > 0 for v in deltas.values())  # every layer moved
+    assert any(k.startswith("text_encoder.") for k in deltas)
+    pipe, _ = load_edit_pipeline(tmp_path / "train" / "final", device="cpu")
+    base_unet = UNet2DConditionModel.from_pretrained(tiny_model("tiny-sd"), subfolder="unet")
+    base_text = CLIPTextModel.from_pretrained(tiny_model("tiny-sd"), subfolder="text_encoder")
+    fused = {**{n: m.base_layer.weight if hasattr(m, "base_layer") else m.weight
+                for n, m in pipe.unet.named_modules() if hasattr(m, "weight")},
+             **{f"text_encoder.{n}": m.base_layer.weight if hasattr(m, "base_layer")
+                else m.weight for n, m in pipe.text_encoder.named_modules()
+                if hasattr(m, "weight")}}
+    base = {**{n: m.weight for n, m in base_unet.named_modules() if hasattr(m, "weight")},
+            **{f"text_encoder.{n}": m.weight for n, m in base_text.named_modules()
+               if hasattr(m, "weight")}}
+    for name, delta in deltas.items():
+        got = fused[name].detach().float() - base[name].detach().float()
+        if name == "conv_in":  # widened; not a delta layer
+            continue
+        torch.testing.assert_close(got, delta, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_plain_attention_trains_the_same_function_as_sdpa(pairs, tmp_path):
+    """`attention: plain` swaps PyTorch's fused attention for matmul + softmax (faster on the
+    CPU for short sequences): the same losses to rounding, step for step."""
+    runs = {kind: train_lora(pairs, tmp_path / kind, base="tiny-sd", steps=3,
+                             checkpoint_every=3, validation_images=0, attention=kind)
+            for kind in ("sdpa", "plain")}
+    sdpa, plain = runs["sdpa"], runs["plain"]
+    assert plain["probe_loss_start"] == pytest.approx(sdpa["probe_loss_start"], rel=1e-4)
+    assert plain["last_loss"] == pytest.approx(sdpa["last_loss"], rel=1e-3)
+    assert plain["probe_loss_end"] != pytest.approx(plain["probe_loss_start"], rel=1e-6)
