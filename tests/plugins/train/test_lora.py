@@ -460,3 +460,22 @@ def test_plain_attention_trains_the_same_function_as_sdpa(pairs, tmp_path):
     assert plain["probe_loss_start"] == pytest.approx(sdpa["probe_loss_start"], rel=1e-4)
     assert plain["last_loss"] == pytest.approx(sdpa["last_loss"], rel=1e-3)
     assert plain["probe_loss_end"] != pytest.approx(plain["probe_loss_start"], rel=1e-6)
+
+
+def test_bf16_on_the_cpu_keeps_weights_fp32_and_trains_shapes_sd(pairs, tmp_path):
+    """shapes-sd's UNet layer-norms its text embedding: with the frozen weights cast to bf16
+    the CPU's layer_norm refused fp32 inputs. On the CPU bf16 means autocast over fp32
+    weights: it trains, the loss moves, and what is saved is fp32."""
+    from safetensors.torch import load_file
+
+    result = train_lora(pairs, tmp_path / "train", base="shapes-sd", resolution=32, steps=3,
+                        checkpoint_every=3, validation_images=0, rank=8,
+                        mixed_precision="bf16", parametrization="delta",
+                        train_text_encoder=True, attention="plain")
+    assert result["steps"] == 3 and np.isfinite(result["last_loss"])
+    assert result["probe_loss_end"] != pytest.approx(result["probe_loss_start"], rel=1e-4)
+    log = (tmp_path / "train" / "log.txt").read_text()
+    assert "mixed_precision bf16 on the CPU: weights kept in fp32, computed in bf16" in log
+    trained = load_file(tmp_path / "train" / "checkpoints" / "step-00000003" /
+                        "trainable.safetensors")
+    assert {str(v.dtype) for v in trained.values()} == {"torch.float32"}
