@@ -94,16 +94,14 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     accelerator.wait_for_everyone()
     log = Logger(output_dir, accelerator.is_main_process)
     device = accelerator.device
-    if options.mixed_precision == "fp16" and device.type == "cpu":
+    cpu = device.type == "cpu"
+    if options.mixed_precision == "fp16" and cpu:
         raise RunError("mixed_precision fp16 needs a GPU", "use mixed_precision: bf16 or no "
                                                             "on the CPU")
     set_seed(seed)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        options.mixed_precision, torch.float32)
-    if device.type == "cpu" and weight_dtype is torch.bfloat16:
-        # the CPU's kernels reject some mixed-dtype ops (layer_norm with bf16 weights on fp32
-        # inputs): the weights stay fp32 and autocast runs the convolutions and matmuls in bf16
-        weight_dtype = torch.float32
+    weight_dtype = ({"fp16": torch.float16, "bf16": torch.bfloat16}[options.mixed_precision]
+                    if memory.half_weights(options.mixed_precision, cpu) else torch.float32)
+    if cpu and options.mixed_precision == "bf16":
         log("mixed_precision bf16 on the CPU: weights kept in fp32, computed in bf16")
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log("this CPU has no native bf16: expect bf16 to run slower than fp32 here "
@@ -111,7 +109,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     task.setup(accelerator, weight_dtype, log)
 
     size = task.size()
-    parts = memory.estimate(size, options)
+    parts = memory.estimate(size, options, cpu)
     log(memory.describe(parts) + f" on {device}"
         + (f" per process, {accelerator.num_processes} processes"
            if accelerator.num_processes > 1 else ""))
@@ -166,7 +164,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
                 import psutil
 
                 available = psutil.virtual_memory().total
-            fits = memory.fitting_changes(size, options, available)
+            fits = memory.fitting_changes(size, options, available, cpu)
             raise RunError(
                 f"out of memory at step {step + 1} ({memory.describe(parts)}; {device} has "
                 f"{available / memory.GIB:.1f} GiB)",

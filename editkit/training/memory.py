@@ -24,10 +24,17 @@ class ModelSize:
     lora: bool  # frozen UNet weights are held in the mixed-precision dtype
 
 
-def estimate(size: ModelSize, options: Any) -> dict[str, float]:
+def half_weights(mixed_precision: str, cpu: bool) -> bool:
+    """Whether the frozen weights are held in 16 bits. Not for bf16 on the CPU: its kernels
+    reject some mixed-dtype ops (layer_norm with bf16 weights on fp32 inputs), so the weights
+    stay fp32 there and autocast computes the convolutions and matmuls in bf16."""
+    return mixed_precision == "fp16" or (mixed_precision == "bf16" and not cpu)
+
+
+def estimate(size: ModelSize, options: Any, cpu: bool = False) -> dict[str, float]:
     """Bytes per part for a run with `options` (resolution, batch_size, optimizer, ...)."""
     half = options.mixed_precision in ("fp16", "bf16")
-    low = 2 if half else 4
+    low = 2 if half_weights(options.mixed_precision, cpu) else 4
     frozen_unet = size.unet - size.trainable if size.lora else 0
     parts = {
         "weights": size.trainable * 4 + frozen_unet * low + size.frozen_other * low,
@@ -52,7 +59,8 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.2f} GiB" if value >= GIB / 100 else f"{value / 2**20:.1f} MiB"
 
 
-def fitting_changes(size: ModelSize, options: Any, available: float) -> list[str]:
+def fitting_changes(size: ModelSize, options: Any, available: float,
+                    cpu: bool = False) -> list[str]:
     """Concrete option changes (alone, then together) whose estimate fits in `available`."""
     candidates: list[dict[str, Any]] = []
     if options.optimizer == "adamw":
@@ -76,7 +84,7 @@ def fitting_changes(size: ModelSize, options: Any, available: float) -> list[str
         candidates.append(combined)
     out = []
     for change in candidates:
-        total = estimate(size, options.model_copy(update=change))["total"]
+        total = estimate(size, options.model_copy(update=change), cpu)["total"]
         if total <= available:
             text = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
                             for k, v in change.items())
