@@ -25,8 +25,8 @@ from .ema import EMA
 from .optim import make_optimizer, make_scheduler
 
 
-STAT_KEYS = ("steps", "optimizer", "last_loss", "memory_estimate_gib", "peak_memory_gib",
-             "seconds_per_step")
+STAT_KEYS = ("steps", "optimizer", "mixed_precision", "last_loss", "memory_estimate_gib",
+             "peak_memory_gib", "seconds_per_step")
 
 
 class Task(Protocol):
@@ -98,14 +98,19 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     if options.mixed_precision == "fp16" and cpu:
         raise RunError("mixed_precision fp16 needs a GPU", "use mixed_precision: bf16 or no "
                                                             "on the CPU")
+    if cpu and options.mixed_precision == "bf16" and not memory.cpu_has_bf16():
+        # bf16 on the CPU buys speed only (the weights stay fp32), and without native bf16
+        # (AVX-512 BF16 / AMX) it is emulated: the shapes UNet ran 13x slower than in fp32
+        log("mixed_precision bf16: this CPU has no native bf16 (it would run several times "
+            "slower than fp32), so this run trains in fp32")
+        options = options.model_copy(update={"mixed_precision": "no"})
+        AcceleratorState._reset_state(reset_partial_state=False)
+        accelerator = Accelerator(mixed_precision="no", cpu=uses_cpu())
     set_seed(seed)
     weight_dtype = ({"fp16": torch.float16, "bf16": torch.bfloat16}[options.mixed_precision]
                     if memory.half_weights(options.mixed_precision, cpu) else torch.float32)
     if cpu and options.mixed_precision == "bf16":
         log("mixed_precision bf16 on the CPU: weights kept in fp32, computed in bf16")
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            log("this CPU has no native bf16: expect bf16 to run slower than fp32 here "
-                "(mixed_precision: no)")
     task.setup(accelerator, weight_dtype, log)
 
     size = task.size()
@@ -214,6 +219,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
         os.replace(tmp, output_dir / "final")
         result = {"weights": str(output_dir / "final"), **weights, "steps": step,
                   "optimizer": optimizer_name, "processes": world,
+                  "mixed_precision": options.mixed_precision,
                   "first_loss": history[0] if history else None,
                   "probe_loss_start": probe_start, "probe_loss_end": probe_end,
                   "last_loss": history[-1] if history else None,

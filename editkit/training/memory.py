@@ -31,6 +31,14 @@ def half_weights(mixed_precision: str, cpu: bool) -> bool:
     return mixed_precision == "fp16" or (mixed_precision == "bf16" and not cpu)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's own test: AVX-512 BF16 or AMX);
+    without it the loop trains a bf16 run in fp32."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def estimate(size: ModelSize, options: Any, cpu: bool = False) -> dict[str, float]:
     """Bytes per part for a run with `options` (resolution, batch_size, optimizer, ...)."""
     half = options.mixed_precision in ("fp16", "bf16")
@@ -67,7 +75,7 @@ def fitting_changes(size: ModelSize, options: Any, available: float,
         candidates.append({"optimizer": "adamw8bit"})
     if not options.gradient_checkpointing:
         candidates.append({"gradient_checkpointing": True})
-    if options.mixed_precision == "no":
+    if options.mixed_precision == "no" and (not cpu or cpu_has_bf16()):
         candidates.append({"mixed_precision": "bf16"})
     if options.batch_size > 1:
         candidates.append({"batch_size": 1,

@@ -63,11 +63,14 @@ def make_scheduler(optimizer: Any, options: Any) -> Any:
     import torch
 
     warm, total = options.warmup_steps, options.steps
+    # the decay over the last `decay_steps` only (warmup-stable-decay), else over all after
+    # the warm-up
+    start = max(warm, total - options.decay_steps) if options.decay_steps else warm
 
     def factor(step: int) -> float:
         if warm and step < warm:
             return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total - warm))
+        progress = min(1.0, max(0, step - start) / max(1, total - start))
         if options.lr_scheduler == "linear":
             return 1.0 - progress
         if options.lr_scheduler == "cosine":

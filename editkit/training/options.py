@@ -26,6 +26,10 @@ class TrainOptions(PluginOptions):
     learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
+    decay_steps: int | None = Field(
+        None, ge=1, description="linear / cosine: decay over the last N steps only, the rate "
+                                "constant before them (warmup-stable-decay); default: over "
+                                "all steps after the warm-up")
     optimizer: Optimizer = "adamw"
     optimizer_fallback: Literal["error", "adamw"] = Field(
         "error", description="when bitsandbytes cannot run on the device: stop with an error, "

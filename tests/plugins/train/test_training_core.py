@@ -131,3 +131,44 @@ def test_min_snr_weighting_matches_its_formula(prediction):
     per = ((pred - goal) ** 2).mean(dim=(1, 2, 3))
     assert torch.isclose(diffusion_loss(scheduler, pred, goal, t, 5.0), (weight * per).mean())
     assert weight[0] < 1 and weight[2] <= 1  # the easy low-noise step counts for less
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_out_of_memory_advice_offers_bf16_on_the_cpu_only_where_it_runs(native, monkeypatch):
+    """A bf16 run on a CPU without native bf16 trains in fp32: advising it would be a lie."""
+    import torch
+    from editkit_finetune import FinetuneOptions
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    sd = ModelSize(unet=860_000_000, trainable=860_000_000, frozen_other=200_000_000,
+                   lora=False)
+    options = FinetuneOptions(resolution=512, batch_size=4, mixed_precision="no")
+    advice = fitting_changes(sd, options, available=1e15, cpu=True)
+    assert any(line.startswith("mixed_precision=bf16") for line in advice) == native
+    assert any(line.startswith("gradient_checkpointing=true") for line in advice)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_decay_steps_hold_the_rate_then_decay_over_the_last_steps(kind):
+    import torch
+    from editkit_finetune import FinetuneOptions
+
+    from editkit.training.optim import make_scheduler
+
+    def rates(**extra):
+        options = FinetuneOptions(steps=10, learning_rate=1.0, lr_scheduler=kind, **extra)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = make_scheduler(optimizer, options)
+        out = []
+        for _ in range(10):
+            out.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    held = rates(decay_steps=4, warmup_steps=2)
+    assert held[:2] == [0.5, 1.0] and held[2:7] == [1.0] * 5  # warm-up, then constant
+    assert held[6] > held[7] > held[8] > held[9] > 0  # decays over the last 4
+    whole = rates()
+    assert whole[0] == 1.0 and all(a > b for a, b in zip(whole, whole[1:]))
+    assert rates(decay_steps=10) == whole  # the whole run: the plain schedule
