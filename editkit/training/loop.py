@@ -78,7 +78,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
             stats.update({k: done.get(k) for k in STAT_KEYS})
             return done
 
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, PartialState
 
     from editkit.distributed import uses_cpu
 
@@ -87,14 +87,14 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     # (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
 
-    # matches the runner's process state: several processes without CUDA use gloo on the CPU
-    accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=uses_cpu())
-    if accelerator.is_main_process:
+    # matches the runner's process state: several processes without CUDA use gloo on the CPU.
+    # The process state first: the precision the accelerator gets depends on its device.
+    state = PartialState(cpu=uses_cpu())
+    if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    log = Logger(output_dir, accelerator.is_main_process)
-    device = accelerator.device
-    cpu = device.type == "cpu"
+    state.wait_for_everyone()
+    log = Logger(output_dir, state.is_main_process)
+    cpu = state.device.type == "cpu"
     if options.mixed_precision == "fp16" and cpu:
         raise RunError("mixed_precision fp16 needs a GPU", "use mixed_precision: bf16 or no "
                                                             "on the CPU")
@@ -104,8 +104,8 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
         log("mixed_precision bf16: this CPU has no native bf16 (it would run several times "
             "slower than fp32), so this run trains in fp32")
         options = options.model_copy(update={"mixed_precision": "no"})
-        AcceleratorState._reset_state(reset_partial_state=False)
-        accelerator = Accelerator(mixed_precision="no", cpu=uses_cpu())
+    accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=uses_cpu())
+    device = accelerator.device
     set_seed(seed)
     weight_dtype = ({"fp16": torch.float16, "bf16": torch.bfloat16}[options.mixed_precision]
                     if memory.half_weights(options.mixed_precision, cpu) else torch.float32)

@@ -21,13 +21,6 @@ def train_lora(dataset, out, **options):
     return LoraTrainer(opts).train(TrainJob(dataset_dir=dataset, output_dir=out, seed=0))
 
 
-def _cpu_bf16(monkeypatch, native: bool) -> None:
-    """Make torch report this CPU as having native bf16 or not (the hardware, not our code)."""
-    import torch
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
-
-
 def edit(pipe, seed=0, prompt="make the square blue"):
     import torch
     from PIL import Image
@@ -131,10 +124,10 @@ def test_resume_continues_exactly_and_keeps_learning(pairs, tmp_path):
 
 
 def test_bf16_cached_latents_no_change_and_cosine_schedule_train_together(pairs, tmp_path,
-                                                                          monkeypatch):
+                                                                          cpu_bf16):
     import torch
 
-    _cpu_bf16(monkeypatch, True)  # the bf16 path itself, on any CPU
+    cpu_bf16(True)  # the bf16 path itself, on any CPU
 
     result = train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=2,
                         checkpoint_every=2, mixed_precision="bf16", cache_latents=True,
@@ -472,13 +465,13 @@ def test_plain_attention_trains_the_same_function_as_sdpa(pairs, tmp_path):
     assert plain["probe_loss_end"] != pytest.approx(plain["probe_loss_start"], rel=1e-6)
 
 
-def test_bf16_on_the_cpu_keeps_weights_fp32_and_trains_shapes_sd(pairs, tmp_path, monkeypatch):
+def test_bf16_on_the_cpu_keeps_weights_fp32_and_trains_shapes_sd(pairs, tmp_path, cpu_bf16):
     """shapes-sd's UNet layer-norms its text embedding: with the frozen weights cast to bf16
     the CPU's layer_norm refused fp32 inputs. On the CPU bf16 means autocast over fp32
     weights: it trains, the loss moves, and what is saved is fp32."""
     from safetensors.torch import load_file
 
-    _cpu_bf16(monkeypatch, True)  # bf16 runs (emulated, slowly) on a CPU without it too
+    cpu_bf16(True)  # bf16 runs (emulated, slowly) on a CPU without it too
     result = train_lora(pairs, tmp_path / "train", base="shapes-sd", resolution=32, steps=3,
                         checkpoint_every=3, validation_images=0, rank=8,
                         mixed_precision="bf16", parametrization="delta",
@@ -493,11 +486,11 @@ def test_bf16_on_the_cpu_keeps_weights_fp32_and_trains_shapes_sd(pairs, tmp_path
 
 
 def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_and_says_so(pairs, tmp_path,
-                                                                       monkeypatch):
+                                                                       cpu_bf16):
     """Emulated bf16 ran the shapes UNet 13x slower than fp32 (an AVX2-only CPU), and on the
     CPU bf16 saves no memory (the weights stay fp32): such a run trains in fp32, says so in
     the log and the result, and matches a run asked for fp32 step for step."""
-    _cpu_bf16(monkeypatch, False)
+    cpu_bf16(False)
     asked = train_lora(pairs, tmp_path / "bf16", base="tiny-sd", steps=3, checkpoint_every=3,
                        validation_images=0, mixed_precision="bf16")
     plain = train_lora(pairs, tmp_path / "fp32", base="tiny-sd", steps=3, checkpoint_every=3,
@@ -510,4 +503,3 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_and_says_so(pairs, tmp
     assert asked["last_loss"] == pytest.approx(plain["last_loss"], rel=1e-3)
     assert asked["probe_loss_end"] == pytest.approx(plain["probe_loss_end"], rel=1e-3)
     assert asked["probe_loss_end"] != pytest.approx(asked["probe_loss_start"], rel=1e-2)
-

@@ -134,12 +134,11 @@ def test_min_snr_weighting_matches_its_formula(prediction):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_out_of_memory_advice_offers_bf16_on_the_cpu_only_where_it_runs(native, monkeypatch):
+def test_out_of_memory_advice_offers_bf16_on_the_cpu_only_where_it_runs(native, cpu_bf16):
     """A bf16 run on a CPU without native bf16 trains in fp32: advising it would be a lie."""
-    import torch
     from editkit_finetune import FinetuneOptions
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    cpu_bf16(native)
     sd = ModelSize(unet=860_000_000, trainable=860_000_000, frozen_other=200_000_000,
                    lora=False)
     options = FinetuneOptions(resolution=512, batch_size=4, mixed_precision="no")
