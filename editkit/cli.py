@@ -122,8 +122,9 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--variations", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Results per image (seeds seed..seed+N-1), saved each and as a grid.")
-@click.option("--size", default=512, show_default=True, type=click.IntRange(32, 4096),
-              help="Long side the model works at; the aspect ratio is kept.")
+@click.option("--size", default=None, type=click.IntRange(32, 4096),
+              help="Long side the model works at; the aspect ratio is kept  [default: the "
+                   "model's own resolution: 512 for Stable Diffusion, 64 for shapes-edit]")
 @click.option("--output-size", type=click.Choice(["input", "model"]), default="input",
               show_default=True, help="Return results at the input's size or the model's.")
 @click.option("--mask", type=click.Path(dir_okay=False), default=None,
@@ -142,7 +143,7 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
 @click.option("--dtype", default="auto", show_default=True)
 def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int,
                  guidance: float | None, image_guidance: float | None, seed: int,
-                 variations: int, size: int,
+                 variations: int, size: int | None,
                  output_size: str, mask: str | None, feather: float, localize: bool,
                  localize_words: str | None, localize_threshold: str, batch_size: int,
                  out: str | None, device: str, dtype: str) -> None:

@@ -8,7 +8,7 @@ The settings go into the PNG so any edit can be reproduced.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ class EditSettings:
     image_guidance: float | None = None
     seed: int = 0
     variations: int = 1
-    size: int = 512
+    size: int | None = None  # None: the model's own resolution (native_size)
     output_size: str = "input"  # "input" or "model"
     batch_size: int = 4
     feather: float = 4.0
@@ -78,6 +78,14 @@ def model_multiple(pipe: Any) -> int:
     """Image sides must divide by the VAE's factor times the UNet's downsampling."""
     downs = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     return int(pipe.vae_scale_factor) * downs
+
+
+def native_size(pipe: Any) -> int:
+    """The side the model was trained at: the UNet's sample size in pixels (512 for Stable
+    Diffusion 1.5 and InstructPix2Pix, 64 for the shapes world's models)."""
+    sample = pipe.unet.config.sample_size
+    sample = max(sample) if isinstance(sample, (list, tuple)) else sample
+    return int(sample) * int(pipe.vae_scale_factor)
 
 
 def output_paths(images: list[Path], out: str | None, variations: int) -> list[list[Path]]:
@@ -186,8 +194,6 @@ def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
                   say: Callable[[str], None]) -> EditSettings:
     """Guidance not given is the model's recommendation (editkit_weights.json), else
     InstructPix2Pix's 7.5 / 1.5."""
-    from dataclasses import replace
-
     source = recommended or DEFAULT_GUIDANCE
     chosen = replace(settings,
                      guidance=source["text"] if settings.guidance is None
@@ -223,6 +229,8 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     targets = output_paths(images, out, settings.variations)
     pipe, spec = load_edit_pipeline(model, device=device, dtype=dtype, base=base)
     settings = with_guidance(settings, spec.guidance, say)
+    if settings.size is None:
+        settings = replace(settings, size=native_size(pipe))
     multiple = model_multiple(pipe)
     jobs: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for index, image in enumerate(originals):

@@ -2,7 +2,8 @@
 
 An edit model is an InstructPix2Pix pipeline. It may come from a hub id, a local diffusers
 folder, a built-in tiny model, a finished run folder (its `train/final/`), a folder holding
-`editkit_weights.json`, or a LoRA `.safetensors` file applied to its base. Trainers write
+`editkit_weights.json` (or a plugin's model of that kind, like `shapes-edit`), or a LoRA
+`.safetensors` file applied to its base. Trainers write
 `editkit_weights.json` so that every one of these loads the same way:
 
     {"type": "pipeline"}                                  a full pipeline in the same folder
@@ -125,7 +126,10 @@ def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpe
                                  base_probe=spec.base_probe,
                                  prediction_type=spec.prediction_type)
         return EditModelSpec(text, "lora", resolve(base or DEFAULT_EDIT_MODEL), path)
-    return EditModelSpec(text, "pipeline", resolve(text))
+    named = resolve(text)
+    if named.source == "builtin" and (Path(named.location) / WEIGHTS_FILE).is_file():
+        return _from_weights_file(text, Path(named.location), base)  # a shipped editor
+    return EditModelSpec(text, "pipeline", named)
 
 
 def is_text_to_image(ref: str | Path) -> bool:

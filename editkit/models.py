@@ -79,7 +79,9 @@ def resolve(ref: str | Path) -> ModelRef:
 def _registered_folder(info: Any) -> str:
     """The folder a plugin registered for a name, if it holds a checkpoint."""
     folder = Path(info.folder)
-    if not any((folder / marker).is_file() for marker in ("config.json", "model_index.json")):
+    # a model (config.json), a pipeline (model_index.json) or a trained editor's weights
+    markers = ("config.json", "model_index.json", "editkit_weights.json")
+    if not any((folder / marker).is_file() for marker in markers):
         state = "is incomplete" if folder.is_dir() else "does not exist"
         raise ModelError(
             f"built-in model '{info.name}' (from {info.package}): its folder {folder} {state}",

@@ -9,7 +9,8 @@ from pathlib import Path
 from editkit import hookimpl
 
 MODELS = Path(__file__).parent / "models"
-MODEL_NAMES = ("shapes-sd", "shapes-clip", "shapes-dino")
+# shapes-edit: the editor recipes/shapes.yaml trains (seed 0), shipped by ship_editor
+MODEL_NAMES = ("shapes-sd", "shapes-clip", "shapes-dino", "shapes-edit")
 
 
 @hookimpl
@@ -21,8 +22,9 @@ def register_caption_generators(register):
 
 @hookimpl
 def register_models(register):
-    """The world's text-to-image model, CLIP and DINOv2, shipped as package data; a folder
-    that is missing (a build without weights) resolves to a clear error, not a hub lookup."""
+    """The world's text-to-image model, CLIP, DINOv2 and editor, shipped as package data; a
+    folder that is missing (a build without weights) resolves to a clear error, not a hub
+    lookup."""
     for name in MODEL_NAMES:
         register(name, MODELS / name)
 

@@ -39,6 +39,20 @@ def test_four_by_three_photo_returns_four_by_three_at_input_size(cli, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_without_size_the_model_works_at_its_own_resolution(tmp_path):
+    from editkit.edit import native_size
+    from editkit.editmodel import load_edit_pipeline
+
+    pipe, _ = load_edit_pipeline("tiny-ip2p", device="cpu")
+    native = native_size(pipe)
+    assert native == pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
+    said = []
+    run_edits([str(photo(tmp_path / "a.png", size=(80, 60)))], settings(size=None),
+              "tiny-ip2p", str(tmp_path / "out.png"), say=said.append)
+    assert any(f"80x60 is edited at 32x24 (long side {native}" in line for line in said), said
+    assert Image.open(tmp_path / "out.png").size == (80, 60)
+
+
 def test_settings_in_png_reproduce_the_edit(tmp_path):
     source = photo(tmp_path / "a.png")
     first = run_edits([str(source)], settings(seed=7), "tiny-ip2p", str(tmp_path / "one.png"),
