@@ -38,13 +38,17 @@ def test_quickstart_runs_offline_then_edits_with_its_weights_and_reports(cli, tm
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"captions", "render", "filters", "train", "evaluate"}
     metrics = json.loads((folder / "evaluate/metrics.json").read_text())
-    # the base, shapes-sd, is text-to-image: only the trained editor is measured
-    assert [m["label"] for m in metrics["models"]] == ["runs/quickstart"]
+    # the base, shapes-sd, is text-to-image: not measured; the shipped editor is, beside
+    # the trained one
+    assert [m["label"] for m in metrics["models"]] == ["runs/quickstart", "shapes-edit"]
     judged = json.loads((folder / "evaluate/judge.json").read_text())
     assert judged["pairs"]["before_filters"]["pairs"] == 32  # 16 triplets x 2 samples
+    editors = {e["label"]: e for e in judged["editors"]}
+    assert set(editors) == {"runs/quickstart", "shapes-edit"}
+    assert all(e["cases"] == 8 for e in editors.values())
 
     edit = cli("edit", "recipes/data/quickstart/shapes.png", "make the circle blue", "--model",
-               "runs/quickstart", "--size", "64", "--out", "edited.png")
+               "runs/quickstart", "--out", "edited.png")
     assert edit.returncode == 0, edit.stderr
     out = Image.open(tmp_path / "edited.png")
     assert out.size == Image.open(tmp_path / "recipes/data/quickstart/shapes.png").size
