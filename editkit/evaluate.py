@@ -272,7 +272,7 @@ def evaluate_run(run: Any, recipe: Any, progress: Any = None) -> dict[str, Any]:
     models, note = [base], None
     if is_text_to_image(base):  # trained from plain SD: its start point ignores the image
         models = []
-        note = (f"base {base} is a text-to-image model, not an editor: it was not measured")
+        note = f"base {base} is a text-to-image model, not an editor: it was not measured"
     final = run.path / "train" / "final"
     if (final / "editkit_weights.json").is_file():
         models.append(str(run.path))

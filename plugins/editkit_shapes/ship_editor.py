@@ -64,6 +64,8 @@ def _run_stats(run: Path) -> dict[str, Any]:
 
     manifest, result, judged = read("manifest.json"), read("train/result.json"), \
         read("evaluate/judge.json")
+    # the run's own editor is listed first: its base, shapes-sd (ship refuses any other), is
+    # text-to-image and never measured
     editors = judged.get("editors") or [{}]
     return {
         "reproduce": "editkit run recipes/shapes.yaml; "
