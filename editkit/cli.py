@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .edit import DEFAULT_GUIDANCE
 from .errors import EditkitError
 from .recipe import STAGES
 
@@ -53,14 +54,62 @@ def plugins_command(as_json: bool) -> None:
 
 @cli.group(name="recipes")
 def recipes_group() -> None:
-    """Check recipes."""
+    """List the built-in recipes, copy one out to edit, check a recipe."""
+
+
+@recipes_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def recipes_list_command(as_json: bool) -> None:
+    """List the built-in recipes (what each makes and needs) and domain packs."""
+    from .builtin_recipes import builtin_recipes
+    from .domain import builtin_pack_names, find_pack
+
+    recipes = builtin_recipes()
+    packs = {name: find_pack(name) for name in builtin_pack_names()}
+    if as_json:
+        click.echo(json.dumps({
+            "recipes": [{"name": r.name, "description": r.description, "needs": r.needs,
+                         "path": str(r.path)} for r in recipes],
+            "domain_packs": [{"name": name, "path": str(path)} for name, path in packs.items()],
+        }, indent=2))
+        return
+    import shutil
+    import textwrap
+
+    width = max([len("RECIPE")] + [len(r.name) for r in recipes])
+    columns = min(100, shutil.get_terminal_size().columns)
+    indent = " " * (width + 2)
+    click.echo(f"{'RECIPE'.ljust(width)}  DESCRIPTION / NEEDS")
+    for r in recipes:
+        for first, text in ((r.name.ljust(width) + "  ", r.description),
+                            (indent, f"needs: {r.needs or '-'}")):
+            click.echo(textwrap.fill(text, max(columns, width + 40), initial_indent=first,
+                                     subsequent_indent=indent, break_on_hyphens=False))
+    click.echo(f"\ndomain packs (captions.options.domain_pack): {', '.join(packs) or 'none'}")
+    click.echo("run one: editkit run NAME    copy one to edit: editkit recipes copy NAME")
+
+
+@recipes_group.command(name="copy")
+@click.argument("name")
+@click.argument("dest", required=False, type=click.Path())
+@click.option("--force", is_flag=True, help="Overwrite files that are already there.")
+def recipes_copy_command(name: str, dest: str | None, force: bool) -> None:
+    """Copy built-in recipe NAME to DEST (default ./NAME.yaml) to edit, with the sample
+    inputs it names (under ./recipes/data/, where its paths point from here)."""
+    from .builtin_recipes import copy_recipe
+
+    written = copy_recipe(name, dest, force=force)
+    for path in written:
+        click.echo(str(path))
+    click.echo(f"run it: editkit run {written[0]}", err=True)
 
 
 @recipes_group.command(name="validate")
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 def validate_command(recipe_file: str, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE_FILE (with optional key.path=value overrides) and print it resolved."""
+    """Validate RECIPE_FILE or a built-in recipe's name (with optional key.path=value
+    overrides) and print it resolved."""
     from .recipe import load_recipe
 
     recipe = load_recipe(recipe_file, list(overrides))
@@ -98,27 +147,94 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
     summaries = run_recipe(recipe, fresh=fresh, only=only)
     if os.environ.get("RANK", "0") != "0":
         return  # under accelerate launch the main process reports
-    for stage, summary in summaries.items():
-        shown = {k: v for k, v in summary.items() if k not in ("stats", "result", "judge")}
-        click.echo(f"{stage}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    from .console import print_evaluation, print_summary
+
+    print_summary(summaries)
+    if summaries.get("evaluate", {}).get("models"):
+        click.echo()
+        print_evaluation(summaries["evaluate"])
     judged = recipe.output / "evaluate" / "judge.md"
     if "judge" in summaries.get("evaluate", {}) and judged.is_file():
         click.echo(judged.read_text("utf-8").rstrip())
     click.echo(f"run folder: {recipe.output}")
 
 
+class Number(click.ParamType):
+    """A finite float at or above `low`: click's float and FloatRange let nan and inf in."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = 0.0):
+        self.low = low
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and number < self.low:
+            self.fail(f"{value!r} is below {self.low:g}", param, ctx)
+        return number
+
+
+def _model_reference(ctx: Any, param: Any, value: str | None) -> str | None:
+    """A model option: refused now when it cannot work (a path that does not exist, a
+    family editkit does not support, a text-to-image model given as the editor), not after
+    the inputs are read and torch loads. --base (a LoRA's) may be either kind."""
+    if value is None:
+        return value
+    from .models import reference_problem
+
+    problem = reference_problem(value, "edit" if param.name == "base" else "editor")
+    if problem:
+        raise click.BadParameter(problem, ctx=ctx, param=param)
+    return value
+
+
+def _model_references(ctx: Any, param: Any, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        _model_reference(ctx, param, value)
+    return values
+
+
+def _dtype(ctx: Any, param: Any, value: str) -> str:
+    names = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")
+    if value not in names:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(names)}", ctx=ctx,
+                                 param=param)
+    return value
+
+
+def _device(ctx: Any, param: Any, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise click.BadParameter(f"{value!r} is not auto, cpu, cuda, cuda:N or mps", ctx=ctx,
+                                 param=param)
+    return value
+
+
+GUIDANCE_HELP = ("[default: the model's recommendation (a trained editor's "
+                 "editkit_weights.json), else InstructPix2Pix's {}]")
+
+
 @cli.command(name="edit", context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1, required=True, metavar="IMAGE... INSTRUCTION")
 @click.option("--model", default="timbrooks/instruct-pix2pix", show_default=True,
+              callback=_model_reference,
               help="Hub id, local diffusers folder, run folder, or LoRA .safetensors file.")
-@click.option("--base", default=None, help="Base model for a LoRA file (default: its own).")
+@click.option("--base", default=None, callback=_model_reference,
+              help="Base model for a LoRA file (default: its own).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--guidance", default=None, type=float,
-              help="Text guidance scale  [default: the model's recommendation (a trained "
-                   "editor's editkit_weights.json), else 7.5]")
-@click.option("--image-guidance", default=None, type=float,
-              help="How closely to keep the input image  [default: the model's "
-                   "recommendation, else 1.5]")
+@click.option("--guidance", default=None, type=Number(),
+              help="Text guidance scale  " + GUIDANCE_HELP.format(DEFAULT_GUIDANCE["text"]))
+@click.option("--image-guidance", default=None, type=Number(),
+              help="How closely to keep the input image  "
+                   + GUIDANCE_HELP.format(DEFAULT_GUIDANCE["image"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--variations", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Results per image (seeds seed..seed+N-1), saved each and as a grid.")
@@ -127,9 +243,9 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
                    "model's own resolution: 512 for Stable Diffusion, 64 for shapes-edit]")
 @click.option("--output-size", type=click.Choice(["input", "model"]), default="input",
               show_default=True, help="Return results at the input's size or the model's.")
-@click.option("--mask", type=click.Path(dir_okay=False), default=None,
+@click.option("--mask", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Edit only where this mask is white; elsewhere keep the original.")
-@click.option("--feather", default=4.0, show_default=True, type=float,
+@click.option("--feather", default=4.0, show_default=True, type=Number(),
               help="Soften the mask edge by this many pixels.")
 @click.option("--localize", is_flag=True, help="Find the mask from the model's attention to "
               "the instruction's words; saved as <stem>-mask.png beside the result.")
@@ -138,9 +254,10 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
 @click.option("--localize-threshold", default="otsu", show_default=True,
               help="Cut of the normalised attention map, 0-1, or 'otsu' (per image).")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
-@click.option("--out", default=None, help="Output file (one result) or folder [edits/].")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@click.option("--out", default=None, help="Output image file (one result: .png, .jpg, "
+              ".webp, ...) or folder [edits/].")
+@click.option("--device", default="auto", show_default=True, callback=_device)
+@click.option("--dtype", default="auto", show_default=True, callback=_dtype)
 def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int,
                  guidance: float | None, image_guidance: float | None, seed: int,
                  variations: int, size: int | None,
@@ -151,13 +268,16 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
     if len(args) < 2:
         raise click.UsageError('give at least one image and an instruction: '
                                'editkit edit photo.png "remove the cars"')
+    if not args[-1].strip():
+        raise click.BadParameter('the instruction is empty; say what to change, like '
+                                 '"remove the cars"', param_hint="INSTRUCTION")
     if localize and mask:
         raise click.UsageError("--localize finds the mask itself; give --localize or --mask, "
                                "not both")
     if not localize and (localize_words or localize_threshold != "otsu"):
         raise click.UsageError("--localize-words and --localize-threshold need --localize")
     cut = _threshold(localize_threshold)
-    from .edit import EditSettings, run_edits
+    from .edit import EditSettings, UnreadableImages, run_edits
 
     settings = EditSettings(instruction=args[-1], steps=steps, guidance=guidance,
                             image_guidance=image_guidance, seed=seed, variations=variations,
@@ -165,8 +285,14 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
                             feather=feather, localize=localize,
                             localize_words=localize_words.split(",") if localize_words else None,
                             localize_threshold=cut)
-    written = run_edits(list(args[:-1]), settings, model, out, base=base, mask=mask,
-                        device=device, dtype=dtype, say=lambda line: click.echo(line, err=True))
+    try:
+        written = run_edits(list(args[:-1]), settings, model, out, base=base, mask=mask,
+                            device=device, dtype=dtype,
+                            say=lambda line: click.echo(line, err=True))
+    except UnreadableImages as exc:  # the readable ones were edited: say where they went
+        for path in exc.written:
+            click.echo(str(path))
+        raise
     for path in written:
         click.echo(str(path))
 
@@ -187,23 +313,26 @@ def _threshold(text: str) -> float | None:
 
 @cli.command(name="eval")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", "models", multiple=True, required=True,
+@click.option("--model", "models", multiple=True, required=True, callback=_model_references,
               help="Edit model (repeatable): hub id, diffusers folder, run folder, LoRA file.")
 @click.option("--split", type=click.Choice(["test", "train", "all"]), default="test",
               show_default=True, help="Which rows of a dataset with a split column.")
 @click.option("--out", default=None, help="Folder for metrics.json, metrics.md and the edits "
               "[RUN/evaluate for a run folder, else eval/].")
-@click.option("--steps", default=50, show_default=True, type=int)
-@click.option("--guidance", default=7.5, show_default=True, type=float)
-@click.option("--image-guidance", default=1.5, show_default=True, type=float)
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--guidance", default=None, type=Number(),
+              help="Text guidance scale  " + GUIDANCE_HELP.format(DEFAULT_GUIDANCE["text"]))
+@click.option("--image-guidance", default=None, type=Number(),
+              help="Image guidance scale  " + GUIDANCE_HELP.format(DEFAULT_GUIDANCE["image"]))
 @click.option("--resolution", default=512, show_default=True, type=int,
               help="Inputs are resized to this square.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--limit", default=200, show_default=True, type=int, help="At most this many rows.")
-@click.option("--batch-size", default=4, show_default=True, type=int)
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1),
+              help="At most this many rows.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--clip-model", default=None, help="CLIP model [openai/clip-vit-large-patch14].")
 @click.option("--dino-model", default=None, help="DINOv2 model [facebook/dinov2-base].")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_device)
 def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | None,
                  **options: Any) -> None:
     """Measure edit models on DATASET (a run folder or a folder with metadata.jsonl):
@@ -227,8 +356,13 @@ def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | N
     if not rows:
         raise InputError(f"{dataset} has no rows in split '{split}'",
                          "choose another --split (or --split all)")
-    is_run = (Path(dataset) / "dataset" / "metadata.jsonl").is_file()
+    is_run = Path(source["dataset"]) == (Path(dataset) / "dataset").resolve()
     folder = Path(out) if out else (Path(dataset) / "evaluate" if is_run else Path("eval"))
+    from .outputs import folder_problem
+
+    unwritable = folder_problem(folder, "--out" if out else "output folder")
+    if unwritable:  # found now, not when the results are saved after every model has run
+        raise InputError(unwritable)
     result = evaluate_models(list(models), rows, folder, settings, source)
     json_path, md_path = write_results(folder, result)
     click.echo(markdown_table(result).rstrip())
@@ -264,6 +398,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("Interrupted: run the same command again to resume.", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # one line: what was wrong, the value, where help is
+        where = f"; see {exc.ctx.command_path} -h" if exc.ctx is not None else ""
+        click.echo(f"Error: {exc.format_message().rstrip('.')}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

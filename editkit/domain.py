@@ -1,18 +1,22 @@
 """Domain packs: a system prompt and hand-written example triplets for one domain.
 
 A pack is a folder with `pack.yaml` (`domain`, `system`, `examples`: the last two name files
-beside it). Built-in packs live in the source tree's `recipes/data/<name>/`; a recipe may also
-name any folder. The LLM generators sample few-shot examples from the pack per request.
+beside it). Built-in packs are `recipes/data/<name>/`, shipped as package data, so a name
+resolves wherever editkit is installed; a recipe may also name any folder. The LLM generators
+sample few-shot examples from the pack per request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
+from .builtin_recipes import recipes_root
 from .errors import InputError
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster when present
@@ -35,9 +39,9 @@ class DomainPack:
 
 
 def builtin_pack_dirs() -> list[Path]:
-    """Where built-in packs are looked up: ./recipes/data, then the source tree's."""
-    source = Path(__file__).resolve().parents[1] / "recipes" / "data"
-    return [Path.cwd() / "recipes" / "data", source]
+    """Where packs are looked up by name: ./recipes/data (a pack of your own, or an edited
+    copy, wins), then the packs editkit ships."""
+    return [Path.cwd() / "recipes" / "data", recipes_root() / "data"]
 
 
 def builtin_pack_names() -> list[str]:
@@ -82,3 +86,24 @@ def load_pack(ref: str | None) -> DomainPack:
                          "{input, edit, output} mapping", "fix the examples file")
     return DomainPack(folder.name, str(meta.get("domain") or folder.name), system.strip(),
                       examples)
+
+
+def check_pack(ref: str) -> str:
+    """Refuse a missing or unreadable pack at recipe validation, before any request is paid
+    for (the LLM generators' `domain_pack` option)."""
+    try:
+        find_pack(ref)
+    except InputError:
+        names = ", ".join(builtin_pack_names()) or "none installed"
+        raise PydanticCustomError("domain_pack", "no built-in domain pack or folder with "
+                                  "pack.yaml by that name (built-in packs: {names})",
+                                  {"names": names}) from None
+    try:
+        load_pack(ref)
+    except InputError as exc:
+        raise PydanticCustomError("domain_pack", "{reason}", {"reason": str(exc)}) from None
+    return ref
+
+
+PackRef = Annotated[str, AfterValidator(check_pack)]
+"""A domain pack option: a built-in pack's name or a folder with pack.yaml, checked."""

@@ -8,6 +8,7 @@ The settings go into the PNG so any edit can be reproduced.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -15,8 +16,23 @@ from typing import Any, Callable
 from . import __version__
 from .errors import InputError
 
-DEFAULT_GUIDANCE = {"text": 7.5, "image": 1.5}  # InstructPix2Pix's own
+# InstructPix2Pix's own guidance: what an editor is run with when neither the user nor the
+# editor's editkit_weights.json says otherwise (`pick_guidance`, the one rule)
+DEFAULT_GUIDANCE = {"text": 7.5, "image": 1.5}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def pick_guidance(text: float | None, image: float | None,
+                  recommended: dict[str, float] | None) -> dict[str, Any]:
+    """The guidance an editor runs with, one rule for `editkit edit`, `editkit eval` and the
+    evaluate stage so they judge one editor alike: a value given wins, then the editor's
+    recommendation (its editkit_weights.json), then InstructPix2Pix's 7.5 / 1.5. Says where
+    each came from ("given", "model" or "default")."""
+    fallback, origin = (recommended, "model") if recommended else (DEFAULT_GUIDANCE, "default")
+    return {"text": fallback["text"] if text is None else text,
+            "image": fallback["image"] if image is None else image,
+            "text_from": origin if text is None else "given",
+            "image_from": origin if image is None else "given"}
 
 
 @dataclass
@@ -34,6 +50,38 @@ class EditSettings:
     localize: bool = False  # the mask from the model's attention to the instruction's words
     localize_words: list[str] | None = None  # None: the instruction's content words
     localize_threshold: float | None = None  # None: Otsu's threshold per image
+
+    def __post_init__(self) -> None:
+        """Settings that cannot work are refused before any image is read (the CLI's option
+        types say the same at parsing; this guards the library call)."""
+        if not self.instruction.strip():
+            raise InputError("the instruction is empty", 'say what to change, like "remove '
+                             'the cars"')
+        for name in ("guidance", "image_guidance", "feather"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} {value} is not a finite number of 0 or more",
+                                 "give a number like 7.5 (guidance) or 4 (feather)")
+        for name in ("steps", "variations", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} {getattr(self, name)} is below 1", "give 1 or more")
+        if self.size is not None and self.size < 8:
+            raise InputError(f"size {self.size} is below 8 pixels", "give a long side like 512")
+        if self.output_size not in ("input", "model"):
+            raise InputError(f"output_size {self.output_size!r} is neither input nor model",
+                             "use input or model")
+
+
+class UnreadableImages(InputError):
+    """Some inputs could not be read: the others were edited and written (`written`)."""
+
+    def __init__(self, failed: list[tuple[Path, str]], total: int, written: list[Path]):
+        self.failed, self.written = failed, written
+        names = ", ".join(str(path) for path, _ in failed[:3]) + (", ..." if len(failed) > 3
+                                                                  else "")
+        super().__init__(f"{len(failed)} of {total} images could not be read ({names}); the "
+                         f"other {total - len(failed)} were edited",
+                         "pass PNG, JPEG or WebP files")
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -90,13 +138,33 @@ def native_size(pipe: Any) -> int:
 
 def output_paths(images: list[Path], out: str | None, variations: int) -> list[list[Path]]:
     """Where each image's variations go: a file when one image and one variation, else a
-    folder (default `edits/`) with `<stem>.png` or `<stem>-<k>.png` per variation."""
-    if out and Path(out).suffix.lower() in IMAGE_SUFFIXES and not Path(out).is_dir():
-        if len(images) != 1 or variations != 1:
-            raise InputError(f"--out {out} is one file but there are "
-                             f"{len(images) * variations} results", "pass a folder to --out")
-        return [[Path(out)]]
-    folder = Path(out or "edits")
+    folder (default `edits/`) with `<stem>.png` or `<stem>-<k>.png` per variation.
+
+    An --out that is not an existing folder is a file when it has an image suffix, or any
+    suffix for a single result (`result.txt` is refused, not made a folder); it must then be
+    the only result. Whatever it is must be writable: all checked before any work."""
+    from .outputs import file_problem, folder_problem
+
+    results = len(images) * variations
+    target = Path(out) if out else None
+    if target is not None and not target.is_dir() and (
+            target.suffix.lower() in IMAGE_SUFFIXES or target.is_file()
+            or (target.suffix and results == 1)):
+        if results != 1:
+            raise InputError(f"--out {out} is one file but there are {results} results",
+                             "pass a folder to --out")
+        if target.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"--out {out} is not an image file name",
+                             f"end it in {', '.join(sorted(IMAGE_SUFFIXES))}, or pass a "
+                             "folder (an existing one, or a name without a suffix)")
+        problem = file_problem(target, "--out")
+        if problem:
+            raise InputError(problem)
+        return [[target]]
+    folder = target or Path("edits")
+    problem = folder_problem(folder, "--out" if target else "output folder")
+    if problem:
+        raise InputError(problem)
     taken: set[str] = set()
     paths = []
     for image in images:
@@ -194,12 +262,8 @@ def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
                   say: Callable[[str], None]) -> EditSettings:
     """Guidance not given is the model's recommendation (editkit_weights.json), else
     InstructPix2Pix's 7.5 / 1.5."""
-    source = recommended or DEFAULT_GUIDANCE
-    chosen = replace(settings,
-                     guidance=source["text"] if settings.guidance is None
-                     else settings.guidance,
-                     image_guidance=source["image"] if settings.image_guidance is None
-                     else settings.image_guidance)
+    picked = pick_guidance(settings.guidance, settings.image_guidance, recommended)
+    chosen = replace(settings, guidance=picked["text"], image_guidance=picked["image"])
     if recommended and (settings.guidance is None or settings.image_guidance is None):
         say(f"guidance {chosen.guidance:g}, image guidance {chosen.image_guidance:g} "
             "(unless given: the model's recommendation, from its editkit_weights.json)")
@@ -209,10 +273,10 @@ def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
               base: str | None = None, mask: str | None = None, device: str = "auto",
               dtype: str = "auto", say: Callable[[str], None] = print) -> list[Path]:
-    import torch
-
-    from .editmodel import load_edit_pipeline
-
+    """Edit every readable image of `paths` and return the files written. An unreadable
+    image is said (one line) and skipped; when any was, `UnreadableImages` is raised after
+    the others are written. Everything that can be checked (outputs, mask, model family) is
+    checked before the model loads."""
     if settings.localize and mask:
         raise InputError("--localize finds the mask itself; it cannot be combined with --mask",
                          "drop one of them")
@@ -225,8 +289,33 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
         say(f"--localize: the mask comes from the attention to {', '.join(words)} "
             f"(threshold {'otsu' if cut is None else cut})")
     images = collect_images(paths)
-    originals = [open_image(p) for p in images]  # every input is checked before loading
     targets = output_paths(images, out, settings.variations)
+    if mask:
+        open_image(Path(mask))  # a mask that cannot be read fails now, not after the edits
+    opened, failed = [], []
+    for path, target in zip(images, targets):  # every input is checked before loading
+        try:
+            opened.append((path, open_image(path), target))
+        except InputError as exc:
+            if len(images) == 1:
+                raise
+            failed.append((path, exc.message))
+            say(f"skipped: {exc.message}")
+    if not opened:
+        raise InputError(f"none of the {len(images)} images can be read ({failed[0][1]}, ...)",
+                         "pass PNG, JPEG or WebP files")
+    images = [path for path, _, _ in opened]
+    originals = [image for _, image, _ in opened]
+    targets = [target for _, _, target in opened]
+    from .models import check_family
+
+    check_family(model)  # an SDXL, FLUX, ... model: one line before torch loads
+    if base:
+        check_family(base)
+    import torch
+
+    from .editmodel import load_edit_pipeline
+
     pipe, spec = load_edit_pipeline(model, device=device, dtype=dtype, base=base)
     settings = with_guidance(settings, spec.guidance, say)
     if settings.size is None:
@@ -296,4 +385,6 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
 
             atomic_save_image(grid([image.resize(final)] + variants), sheet)
             written.append(sheet)
+    if failed:
+        raise UnreadableImages(failed, len(failed) + len(opened), written)
     return written

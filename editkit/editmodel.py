@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .models import ModelRef, load, pick_device, pick_dtype, resolve
+from .models import ModelRef, check_family, load, pick_device, pick_dtype, resolve
 
 DEFAULT_EDIT_MODEL = "timbrooks/instruct-pix2pix"
 WEIGHTS_FILE = "editkit_weights.json"
@@ -246,6 +246,7 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     spec = resolve_edit_model(ref, base)
+    check_family(spec.pipeline, "edit")  # SDXL, FLUX, ...: one line, not a failure mid-call
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     pipe = load(StableDiffusionInstructPix2PixPipeline, spec.pipeline, "edit model",

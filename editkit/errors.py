@@ -18,15 +18,19 @@ class EditkitError(Exception):
 
 
 class RecipeError(EditkitError):
-    """A recipe that cannot run. `problems` lists every (path, message) found, not just the first."""
+    """A recipe that cannot run. `problems` lists every (path, message) found, not just the first;
+    a single problem is said in one line."""
 
     exit_code = 2
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        count = len(problems)
-        lines = [f"{source}: {count} problem{'s' if count != 1 else ''}"]
+        if len(problems) == 1:  # one problem is one line
+            path, msg = problems[0]
+            super().__init__(f"{source}: {path}: {msg}" if path else f"{source}: {msg}")
+            return
+        lines = [f"{source}: {len(problems)} problems"]
         lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in problems]
         super().__init__("\n".join(lines))
 

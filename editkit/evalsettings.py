@@ -13,8 +13,13 @@ class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(50, ge=1, description="denoising steps per edit")
-    guidance: float = Field(7.5, ge=0, description="text guidance scale")
-    image_guidance: float = Field(1.5, ge=0, description="image guidance scale")
+    guidance: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="text guidance scale; default: each "
+        "editor's recommendation (its editkit_weights.json), else InstructPix2Pix's 7.5 "
+        "(the rule `editkit edit` follows: editkit.edit.pick_guidance)")
+    image_guidance: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="image guidance scale; default: each "
+        "editor's recommendation, else InstructPix2Pix's 1.5")
     resolution: int = Field(512, ge=8, description="input images are resized to this square")
     seed: int | None = Field(None, description="edit seed (every row uses it); default: the "
                              "recipe's seed, or 0")

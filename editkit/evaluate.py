@@ -22,7 +22,8 @@ from typing import Any
 
 from .errors import InputError, RunError
 from .evalsettings import EvalSettings
-from .runs import atomic_save_image, atomic_write_json, atomic_write_text, fingerprint
+from .runs import (atomic_save_image, atomic_write_json, atomic_write_text, fingerprint,
+                   read_dataset)
 
 METRICS = ("CLIP_im", "CLIP_dir", "CLIP_out", "DINO", "L1", "L1_target")
 SPLITS = ("test", "train", "all")
@@ -31,50 +32,29 @@ SPLITS = ("test", "train", "all")
 # --- the rows ----------------------------------------------------------------------------
 
 
-def dataset_folder(path: str | Path) -> Path:
-    """The folder holding `metadata.jsonl`: a run folder's `dataset/`, or the folder itself."""
-    path = Path(path)
-    for folder in (path / "dataset", path):
-        if (folder / "metadata.jsonl").is_file():
-            return folder
-    raise InputError(f"{path} has no metadata.jsonl (nor dataset/metadata.jsonl)",
-                     "pass a run folder that has been through filters, or a folder with "
-                     "metadata.jsonl (columns input_image, edit_prompt)")
+_FIX = ("pass a run folder that has been through filters, or a folder with metadata.jsonl "
+        "(columns input_image, edit_prompt)")
 
 
 def load_rows(path: str | Path, split: str = "test",
               limit: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The rows to measure (by id) and a description of where they came from. A dataset
     without a `split` column is used whole: it has no held-out part to choose."""
-    folder = dataset_folder(path)
-    rows = []
-    for number, line in enumerate((folder / "metadata.jsonl").read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{folder / 'metadata.jsonl'} line {number}: not JSON ({exc.msg})",
-                             "fix or remove that line") from None
-        if not isinstance(row, dict) or not {"input_image", "edit_prompt"} <= set(row):
-            raise InputError(f"{folder / 'metadata.jsonl'} line {number}: needs input_image "
-                             f"and edit_prompt", "add the columns diffusers' "
-                             "InstructPix2Pix training reads")
-        row.setdefault("id", f"{number:06d}")
-        rows.append(row)
-    has_split = any("split" in r for r in rows)
-    if split != "all" and has_split:
-        rows = [r for r in rows if r.get("split") == split]
+    data = read_dataset(path, required=("input_image", "edit_prompt"), fix=_FIX)
+    if data.problems:
+        raise InputError(f"{data.folder}: {data.problems[0]}",
+                         "fix or remove that line: a row needs input_image and edit_prompt, "
+                         "the columns diffusers' InstructPix2Pix training reads")
+    rows = data.rows
+    if split != "all" and data.has_split:
+        rows = data.split(split)
     rows.sort(key=lambda r: str(r["id"]))
     total = len(rows)
     if limit is not None:
         rows = rows[:limit]
-    source = {"dataset": str(folder.resolve()),
-              "metadata_sha256": fingerprint((folder / "metadata.jsonl").read_text("utf-8")),
-              "split": split if has_split else "all (no split column)",
+    source = {"dataset": str(data.folder.resolve()), "metadata_sha256": data.fingerprint,
+              "split": split if data.has_split else "all (no split column)",
               "rows": len(rows), "rows_in_split": total}
-    for row in rows:
-        row["_folder"] = folder
     return rows, source
 
 
@@ -96,8 +76,8 @@ def evaluate_models(models: list[str], rows: list[dict[str, Any]], out_dir: str 
     inputs, targets, kept, skipped, resized = [], [], [], [], 0
     for row in rows:
         try:
-            image, _ = read_image(row["_folder"] / row["input_image"])
-            target = (read_image(row["_folder"] / row["edited_image"])[0]
+            image, _ = read_image(row["input_image"])
+            target = (read_image(row["edited_image"])[0]
                       if row.get("edited_image") else None)
         except InputError as exc:
             skipped.append({"id": row["id"], "reason": exc.message})
@@ -150,6 +130,7 @@ def evaluate_models(models: list[str], rows: list[dict[str, Any]], out_dir: str 
     return {
         "metrics": list(METRICS),
         "settings": {**settings.model_dump(mode="json"), "seed": seed,
+                     **_guidance_used([r["model"]["edited_with"] for r in results]),
                      "preprocessing": f"RGB, resized to {size[0]}x{size[1]} (Lanczos) when "
                                       f"not that size ({resized} of {len(kept)} were); "
                                       f"CLIP and DINOv2 use their own processors",
@@ -171,17 +152,21 @@ def _edit_all(ref: str, rows: list[dict[str, Any]], inputs: list[Any], settings:
 
     from .editmodel import load_edit_pipeline
 
+    from .edit import pick_guidance
+
     pipe, spec = load_edit_pipeline(ref, device=settings.device)
+    # the rule `editkit edit` follows, so both judge an editor at the guidance it is used at
+    guidance = pick_guidance(settings.guidance, settings.image_guidance, spec.guidance)
     described = {**spec.describe(), "scheduler": type(pipe.scheduler).__name__,
-                 "dtype": str(pipe.unet.dtype).replace("torch.", "")}
+                 "dtype": str(pipe.unet.dtype).replace("torch.", ""), "edited_with": guidance}
     edited: list[Any] = []
     try:
         for start in range(0, len(rows), settings.batch_size):
             chunk = rows[start:start + settings.batch_size]
             images = inputs[start:start + settings.batch_size]
             out = pipe(prompt=[r["edit_prompt"] for r in chunk], image=images,
-                       num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                       image_guidance_scale=settings.image_guidance,
+                       num_inference_steps=settings.steps, guidance_scale=guidance["text"],
+                       image_guidance_scale=guidance["image"],
                        generator=[torch.Generator("cpu").manual_seed(seed) for _ in chunk],
                        output_type="pil")
             edited += [im.convert("RGB") for im in out.images]
@@ -193,6 +178,28 @@ def _edit_all(ref: str, rows: list[dict[str, Any]], inputs: list[Any], settings:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return edited, described
+
+
+def _guidance_used(used: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings' guidance as used: the value every model ran with, or None where they
+    differ (each model's own is in its `edited_with`)."""
+    out: dict[str, Any] = {}
+    for key, name in (("text", "guidance"), ("image", "image_guidance")):
+        values = {u[key] for u in used}
+        out[name] = values.pop() if len(values) == 1 else None
+    return out
+
+
+def _guidance_note(result: dict[str, Any]) -> str:
+    """How the table's models were guided, for its footer."""
+    s = result["settings"]
+    if s.get("guidance") is not None and s.get("image_guidance") is not None:
+        return f"guidance {s['guidance']}, image guidance {s['image_guidance']}"
+    each = []
+    for model in result["models"]:
+        used = model["model"].get("edited_with") or {}
+        each.append(f"{model['label']} {used.get('text')}/{used.get('image')}")
+    return "guidance / image guidance " + ", ".join(each)
 
 
 def _direction(before: Any, after: Any, text_before: Any, text_after: Any) -> float:
@@ -240,9 +247,9 @@ def markdown_table(result: dict[str, Any]) -> str:
             "–" if m[name] is None else f"{m[name]:.4f}" for name in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     s = result["settings"]
-    lines += ["", f"steps {s['steps']}, guidance {s['guidance']}, image guidance "
-                  f"{s['image_guidance']}, resolution {s['resolution']}, seed {s['seed']}; "
-                  f"CLIP {s['clip']['ref']}, DINO {s['dino']['ref']}."]
+    lines += ["", f"steps {s['steps']}, {_guidance_note(result)}, resolution "
+                  f"{s['resolution']}, seed {s['seed']}; CLIP {s['clip']['ref']}, "
+                  f"DINO {s['dino']['ref']}."]
     if result.get("skipped"):
         lines.append(f"{len(result['skipped'])} rows skipped (unreadable images).")
     return "\n".join(lines) + "\n"

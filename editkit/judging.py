@@ -26,8 +26,8 @@ from typing import Any
 from .errors import InputError
 from .evalsettings import EvalSettings
 from .kinds import Judge, Verdict
-from .runs import RecordStore, atomic_save_image, atomic_write_json, atomic_write_text, \
-    fingerprint
+from .runs import (DATASET, RecordStore, atomic_save_image, atomic_write_json,
+                   atomic_write_text, fingerprint, is_dataset, read_dataset)
 
 TOP_REASONS = 10
 
@@ -220,27 +220,27 @@ def judge_run(run: Any, recipe: Any, models: list[str], labels: list[str],
     return judge_summary(result)
 
 
+def _dataset_rows(folder: Path) -> list[dict[str, Any]]:
+    """The rows of the dataset in `folder` (either layout, or a run folder's), or none."""
+    folder = Path(folder)
+    if not (is_dataset(folder) or is_dataset(folder / DATASET)):
+        return []
+    return read_dataset(folder).rows
+
+
 def dataset_ids(run: Path) -> set[str]:
-    path = run / "dataset" / "metadata.jsonl"
-    if not path.is_file():
-        return set()
-    return {str(json.loads(line)["id"]) for line in path.read_text("utf-8").splitlines()
-            if line.strip()}
+    return {str(r["id"]) for r in _dataset_rows(Path(run) / DATASET)}
 
 
 def training_prompts(run: Path) -> set[tuple[str, str]]:
     """(input caption, instruction) of every row a trainer trains on."""
-    return dataset_prompts(run / "dataset")
+    return dataset_prompts(Path(run) / DATASET)
 
 
 def dataset_prompts(folder: Path) -> set[tuple[str, str]]:
-    """(input caption, instruction) of the training rows of a folder with metadata.jsonl."""
-    path = Path(folder) / "metadata.jsonl"
-    if not path.is_file():
-        return set()
-    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    return {(r.get("input", ""), r.get("edit_prompt", "")) for r in rows
-            if r.get("split") != "test"}
+    """(input caption, instruction) of the training rows of a dataset, in either layout."""
+    return {(r.get("input", ""), r.get("edit_prompt", "")) for r in _dataset_rows(folder)
+            if r["split"] != "test"}
 
 
 def judge_summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -156,8 +156,9 @@ class Filter(Plugin):
 
 @dataclass
 class TrainJob:
-    """`dataset_dir` holds `metadata.jsonl` + images (columns input_image, edit_prompt,
-    edited_image). Write checkpoints and final weights under `output_dir`; resume from it."""
+    """`dataset_dir` holds the pairs (columns input_image, edit_prompt, edited_image): read
+    them with `editkit.runs.read_dataset(dataset_dir).split("train")`, which knows every
+    layout. Write checkpoints and final weights under `output_dir`; resume from it."""
 
     dataset_dir: Path
     output_dir: Path

@@ -6,12 +6,20 @@ timeouts) or an `EditkitError` (fatal: bad key, no quota, unknown model). Everyt
 here once: few-shot prompts from a domain pack, the JSON schema, bounded concurrency,
 backoff that honours `Retry-After`, reply parsing into triplets or `Reject`s, and token usage
 kept in the captions folder so a killed run keeps its counts.
+
+With `input_captions` the model is given existing captions, `per_request` at a time, and
+writes only each one's edit and output; the triplet keeps the given caption verbatim, a reply
+item whose input was rewritten or a given caption the reply skipped is a rejected record, and
+every record says which caption it came from (`input_index`, or `input_indices` for a reply
+rejected whole), so a resumed run sends the captions no record names yet, in order: the next
+unused ones, and again those whose request failed outright.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from abc import abstractmethod
@@ -21,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from .domain import DomainPack, load_pack
+from .domain import DomainPack, PackRef, load_pack
 from .errors import EditkitError, RunError
 from .kinds import CaptionGenerator, CaptionJob, PluginOptions, Reject
-from .runs import atomic_write_json
+from .runs import RecordStore, atomic_write_json
 
 EDIT_KINDS = ["add", "remove", "replace", "change", "restyle", "season", "time_of_day",
               "weather"]
@@ -40,7 +49,7 @@ class LLMOptions(PluginOptions):
     model: str = Field(description="the chat model to ask")
     domain: str | None = Field(None, description="what the pictures show, like 'urban street "
                                "views' (default: the domain pack's)")
-    domain_pack: str | None = Field(None, description="built-in pack name (streetview, "
+    domain_pack: PackRef | None = Field(None, description="built-in pack name (streetview, "
                                     "interior) or a folder with pack.yaml")
     per_request: int = Field(10, ge=1, le=100, description="triplets asked for per request")
     examples: int = Field(6, ge=0, le=50, description="few-shot examples per request, sampled "
@@ -57,6 +66,29 @@ class LLMOptions(PluginOptions):
     max_backoff: float = Field(60.0, ge=0)
     max_failed_requests: int = Field(5, ge=1, description="stop after this many requests in a "
                                      "row fail even after their retries")
+    input_captions: str | None = Field(
+        None, description="existing captions to edit (a text file with one a line, a .jsonl, "
+        ".json or .csv file with a caption, input or text column, or a folder of them): the "
+        "model writes only each one's edit and output, per_request captions a request")
+
+    @field_validator("input_captions")
+    @classmethod
+    def _captions_readable(cls, value: str | None) -> str | None:
+        """A missing or empty file is refused at validation, before any request."""
+        if value is None:
+            return value
+        from .caption_files import iter_captions
+
+        if not Path(value).expanduser().exists():
+            raise PydanticCustomError("input_captions", "no such file or folder")
+        try:
+            first = next(iter_captions(value), None)
+        except EditkitError as exc:
+            raise PydanticCustomError("input_captions", "{reason}", {
+                "reason": exc.message.removeprefix("input captions: ")}) from None
+        if first is None:
+            raise PydanticCustomError("input_captions", "it holds no captions")
+        return value
 
 
 @dataclass
@@ -94,22 +126,110 @@ def triplet_schema(annotate: bool = True) -> dict[str, Any]:
             "required": ["triplets"], "additionalProperties": False}
 
 
-def build_messages(pack: DomainPack, domain: str, n: int, shots: int, annotate: bool,
-                   rng: random.Random) -> list[dict[str, str]]:
-    """System prompt + a user turn with sampled examples and a sampled mix of edit kinds."""
+def _shots_and_mix(pack: DomainPack, n: int, shots: int, annotate: bool,
+                   rng: random.Random) -> tuple[str, str]:
+    """The few-shot block a request starts with, and the sampled mix of `n` edit kinds."""
     fields = ("input", "edit", "output") + (("edit_kind", "words", "region") if annotate else ())
     chosen = rng.sample(pack.examples, min(shots, len(pack.examples)))
     lines = [json.dumps({k: ex[k] for k in fields if k in ex}) for ex in chosen]
     kinds = sorted(rng.choices(EDIT_KINDS, k=n))
     mix = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
-    user = ""
-    if lines:
-        user += "Examples of good triplets:\n" + "\n".join(lines) + "\n\n"
+    shots_block = "Examples of good triplets:\n" + "\n".join(lines) + "\n\n" if lines else ""
+    return shots_block, mix
+
+
+def build_messages(pack: DomainPack, domain: str, n: int, shots: int, annotate: bool,
+                   rng: random.Random) -> list[dict[str, str]]:
+    """System prompt + a user turn with sampled examples and a sampled mix of edit kinds."""
+    user, mix = _shots_and_mix(pack, n, shots, annotate, rng)
     user += (f"Write {n} new triplets for {domain}, all different from each other and from "
              f"the examples, in varied scenes and wordings. Edit kinds: {mix}. "
              f'Answer with JSON: {{"triplets": [...]}}.')
     return [{"role": "system", "content": pack.system.replace("{domain}", domain)},
             {"role": "user", "content": user}]
+
+
+def build_edit_messages(pack: DomainPack, domain: str, captions: list[str], shots: int,
+                        annotate: bool, rng: random.Random) -> list[dict[str, str]]:
+    """Like `build_messages`, but the inputs are given: one JSON string a line, each to be
+    copied into "input" as it is, with an edit and the caption after it."""
+    n = len(captions)
+    user, mix = _shots_and_mix(pack, n, shots, annotate, rng)
+    user += (f"Captions of {domain}, one JSON string a line:\n"
+             + "\n".join(json.dumps(c, ensure_ascii=False) for c in captions) + "\n\n"
+             f"For each of these {n} captions, in order, write one triplet: \"input\" is the "
+             f"caption copied exactly as given, \"edit\" one instruction that fits the photo "
+             f"it describes, \"output\" the caption after that edit. Edit kinds: {mix}. "
+             f'Answer with JSON: {{"triplets": [...]}}, one item per caption.')
+    return [{"role": "system", "content": pack.system.replace("{domain}", domain)},
+            {"role": "user", "content": user}]
+
+
+def _match_key(text: str) -> str:
+    """A caption up to case, spacing and punctuation, in any script ('Café,' = 'café')."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def match_inputs(items: list[dict[str, Any] | Reject],
+                 given: list[tuple[int, str]]) -> list[dict[str, Any] | Reject]:
+    """Pair a reply's triplets with the captions it was given, by their input text (up to
+    case and punctuation): a matched triplet keeps the given caption verbatim and its
+    `input_index`; an item whose input matches none is `input rewritten`, a given caption
+    no item answers is `input skipped`. A reply rejected whole names all its captions."""
+    indices = [index for index, _ in given]
+    if all(isinstance(item, Reject) for item in items):
+        return [Reject(r.reason, r.detail, {**r.data, "input_indices": indices})
+                for r in items if isinstance(r, Reject)]
+    free: dict[str, list[int]] = {}
+    for pos, (_, text) in enumerate(given):
+        free.setdefault(_match_key(text), []).append(pos)
+    slots: list[int | None] = []
+    for item in items:
+        text = item.get("input") if isinstance(item, dict) else None
+        options = free.get(_match_key(text)) if isinstance(text, str) else None
+        slots.append(options.pop(0) if options else None)
+    answered = {pos for pos in slots if pos is not None}
+    unanswered = [pos for pos in range(len(given)) if pos not in answered]
+    out: list[dict[str, Any] | Reject] = []
+    for item, pos in zip(items, slots):
+        if isinstance(item, Reject):
+            out.append(item)
+        elif pos is not None:
+            index, text = given[pos]
+            out.append({**item, "input": text, "input_index": index})
+        else:  # stands for the next unanswered caption, if one is left
+            data = dict(item) if isinstance(item, dict) else {"raw": repr(item)}
+            got = data.get("input")
+            stands = given[unanswered.pop(0)] if unanswered else None
+            if stands is not None:
+                data["input_index"] = stands[0]
+            if not isinstance(got, str):
+                out.append(Reject("invalid schema", "expected an object with a string "
+                                  "'input'", data))
+            elif stands is not None:
+                out.append(Reject("input rewritten", f"given {stands[1]!r}, the reply has "
+                                  f"{got!r}", data))
+            else:
+                out.append(Reject("input rewritten", f"{got!r} is none of the given captions",
+                                  data))
+    out += [Reject("input skipped", f"the reply has no triplet for {given[pos][1]!r}",
+                   {"input": given[pos][1], "input_index": given[pos][0]})
+            for pos in unanswered]
+    return out
+
+
+def used_inputs(work_dir: Path | None) -> set[int]:
+    """The input captions the records on disk name: the ones a resumed run must not send
+    again. A request that failed outright (no reply) used none, so they are sent again."""
+    if work_dir is None or not work_dir.is_dir():
+        return set()
+    used: set[int] = set()
+    for record in RecordStore(work_dir).read():
+        if isinstance(record.get("input_index"), int):
+            used.add(record["input_index"])
+        if record.get("reason") != "request failed":
+            used.update(i for i in record.get("input_indices") or () if isinstance(i, int))
+    return used
 
 
 def parse_reply(reply: Reply) -> list[dict[str, Any] | Reject]:
@@ -232,9 +352,13 @@ class LLMCaptions(CaptionGenerator):
 
     # --- the shared loop -------------------------------------------------------------------
 
-    def reply_tokens(self) -> int:
+    def reply_tokens(self, captions: list[str] | None = None) -> int:
+        """The reply budget: per triplet, plus room to copy given captions back (a token is
+        about 4 characters; a caption appears twice, as input and edited as output)."""
         opts = self.options
-        return opts.max_tokens or (opts.per_request * (90 if opts.annotate else 60) + 200)
+        copied = sum(len(c) for c in captions) // 2 if captions else 0
+        return opts.max_tokens or (opts.per_request * (90 if opts.annotate else 60) + 200
+                                   + copied)
 
     def generate(self, job: CaptionJob) -> Iterator[list[dict[str, Any] | Reject]]:
         opts = self.options
@@ -242,6 +366,14 @@ class LLMCaptions(CaptionGenerator):
         domain = opts.domain or pack.domain
         schema = triplet_schema(opts.annotate)
         usage = Usage.load(job.work_dir, job.stats)
+        captions: list[str] = []
+        unused: deque[int] = deque()
+        if opts.input_captions is not None:
+            from .caption_files import read_captions
+
+            captions = read_captions(opts.input_captions)
+            used = used_inputs(job.work_dir)
+            unused.extend(i for i in range(len(captions)) if i not in used)
         self.connect()
         self._stop = threading.Event()
         self._pause_until = 0.0
@@ -261,10 +393,20 @@ class LLMCaptions(CaptionGenerator):
                    + (pending + len(inflight) * opts.per_request) * rate < job.count):
                 number = next(counter)
                 rng = random.Random(f"editkit-llm:{job.seed}:{job.start}:{number}")
-                messages = build_messages(pack, domain, opts.per_request, opts.examples,
-                                          opts.annotate, rng)
+                given: list[tuple[int, str]] | None = None
+                if opts.input_captions is None:
+                    messages = build_messages(pack, domain, opts.per_request, opts.examples,
+                                              opts.annotate, rng)
+                elif unused:
+                    given = [(i, captions[i]) for i in
+                             (unused.popleft() for _ in range(min(opts.per_request,
+                                                                  len(unused))))]
+                    messages = build_edit_messages(pack, domain, [c for _, c in given],
+                                                   opts.examples, opts.annotate, rng)
+                else:
+                    return  # every given caption is sent
                 future = pool.submit(self._request, messages, schema, rng.randrange(2**31),
-                                     usage)
+                                     usage, given)
                 inflight[future] = number
 
         ready: deque[list[dict[str, Any] | Reject]] = deque()
@@ -285,6 +427,13 @@ class LLMCaptions(CaptionGenerator):
                     top_up(sum(len(items) for items in ready))
                 elif not ready:
                     raise fatal
+                if not ready and not inflight:  # only when the given captions ran out
+                    raise RunError(
+                        f"captions: the {len(captions)} captions in {opts.input_captions} "
+                        f"have all been sent, and {job.count - job.kept} more triplets are "
+                        "needed", "add captions to input_captions or lower captions.count; "
+                        "the triplets made are kept, and running again resends only the "
+                        "captions whose request failed")
                 if not ready:
                     continue
                 items = ready.popleft()
@@ -306,16 +455,28 @@ class LLMCaptions(CaptionGenerator):
             self.close()
 
     def _request(self, messages: list[dict[str, str]], schema: dict[str, Any], seed: int,
-                 usage: Usage) -> list[dict[str, Any] | Reject]:
-        """One request with its retries; the reply parsed into triplets or a reject."""
+                 usage: Usage, given: list[tuple[int, str]] | None = None
+                 ) -> list[dict[str, Any] | Reject]:
+        """One request with its retries; the reply parsed into triplets or a reject, each
+        naming the given captions it answers (when captions were given)."""
+        items = self._attempts(messages, schema, seed, usage, given)
+        if given is not None and len(items) == 1 and isinstance(items[0], Reject) and \
+                items[0].reason == "request failed":
+            return match_inputs(items, given)
+        return items
+
+    def _attempts(self, messages: list[dict[str, str]], schema: dict[str, Any], seed: int,
+                  usage: Usage, given: list[tuple[int, str]] | None
+                  ) -> list[dict[str, Any] | Reject]:
         opts = self.options
+        max_tokens = self.reply_tokens([c for _, c in given] if given else None)
         last = ""
         for attempt in range(opts.max_retries + 1):
             self._wait_for_pause()
             if self._stop.is_set():
                 return []
             try:
-                reply = self.send(messages, schema, self.reply_tokens(), seed)
+                reply = self.send(messages, schema, max_tokens, seed)
             except (EditkitError, KeyboardInterrupt):
                 raise
             except Retry as exc:
@@ -337,7 +498,10 @@ class LLMCaptions(CaptionGenerator):
                                f"{type(exc).__name__}: {first_line(exc)}")]
             usage.add(self.extra_stats, requests=1, prompt_tokens=reply.prompt_tokens,
                       completion_tokens=reply.completion_tokens)
-            return self.review(parse_reply(reply))
+            items = parse_reply(reply)
+            if given is not None:
+                items = match_inputs(items, given)
+            return self.review(items)
         usage.add(self.extra_stats, failed_requests=1)
         return [Reject("request failed", f"{last} (after {opts.max_retries} retries)")]
 

@@ -137,11 +137,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise RecipeError(str(path), [("", "file not found; check the path")])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [("", f"not UTF-8 text (byte {exc.start} is "
+                                       f"{exc.object[exc.start]:#04x}): a recipe is a YAML "
+                                       "text file; check that this is the recipe")]) from None
+    except OSError as exc:
+        raise RecipeError(str(path), [("", f"cannot be read ({exc.strerror or exc}); check "
+                                       "the path and its permissions")]) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
         raise RecipeError(str(path), [("", f"not valid YAML: {where}{problem}")]) from None
     if not isinstance(data, dict):
         raise RecipeError(str(path), [("", "a recipe must be a YAML mapping (key: value lines)")])
@@ -186,6 +195,10 @@ def _step(node: Any, part: str, create: bool) -> Any:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """The recipe in file `path` (or the built-in recipe of that name), overridden, validated."""
+    from .builtin_recipes import resolve_recipe
+
+    path = resolve_recipe(path)
     data = read_yaml(path)
     apply_overrides(data, list(overrides or []), str(path))
     return validate(data, str(path))
@@ -231,6 +244,17 @@ def validate(data: dict[str, Any], source: str) -> Recipe:
             continue
         plugins[stage] = StagePlugin(stage, info, validated)
 
+    problems += _model_problems(plugins, model)
+    problems += _device_problems(plugins, model)
+    if model is not None:
+        from .outputs import folder_problem
+
+        where = folder_problem(model.output, "run folder")
+        if where:
+            problems.append(("output", where))
+    from .builtin_recipes import missing_data
+
+    problems += missing_data(data)  # a built-in recipe's sample inputs, not copied here
     if model is not None and not problems:
         if model.filters and model.render is None:
             problems.append(("filters", "filters need a render stage to score its pairs"))
@@ -245,6 +269,74 @@ def validate(data: dict[str, Any], source: str) -> Recipe:
     assert model is not None
     reg.check_conflicts()
     return Recipe(model=model, source=source, plugins=plugins)
+
+
+def _model_problems(plugins: dict[str, StagePlugin],
+                    model: RecipeModel | None) -> list[tuple[str, str]]:
+    """Model references known to fail before any work: a local path that does not exist, a
+    name that is nothing, a family editkit does not support or one that cannot do the job.
+    Each plugin names its model options and their roles in its Options' `MODEL_OPTIONS`."""
+    from .models import reference_problem
+
+    refs: list[tuple[str, str, str]] = []  # (path, reference, role)
+    for stage, plugin in plugins.items():
+        roles = getattr(type(plugin.options), "MODEL_OPTIONS", None) or {}
+        for name, role in roles.items():
+            value = getattr(plugin.options, name, None)
+            if isinstance(value, str):
+                refs.append((f"{stage}.options.{name}", value, role))
+    if model is not None and model.evaluate is not None:  # edit models to measure
+        if model.evaluate.base:
+            refs.append(("evaluate.base", model.evaluate.base, "edit"))
+        refs += [(f"evaluate.models.{i}", ref, "edit")
+                 for i, ref in enumerate(model.evaluate.models)]
+    problems = []
+    for path, ref, role in refs:
+        problem = reference_problem(ref, role)
+        if problem:
+            problems.append((path, problem))
+    return problems
+
+
+def _device_problems(plugins: dict[str, StagePlugin],
+                     model: RecipeModel | None) -> list[tuple[str, str]]:
+    """Settings that need a GPU, on a machine without one: refused now rather than when their
+    stage starts, after the stages before it have run. torch is imported only when a setting
+    asks for a GPU."""
+    options: list[tuple[str, Any]] = [(f"{stage}.options", p.options)
+                                      for stage, p in plugins.items()]
+    if model is not None and model.evaluate is not None:
+        options.append(("evaluate", model.evaluate))
+    problems = []
+    for prefix, values in options:
+        if getattr(values, "mixed_precision", None) == "fp16" and not _training_gpu():
+            problems.append((f"{prefix}.mixed_precision",
+                             "fp16 needs a GPU and training here runs on the CPU; use bf16 "
+                             "or no"))
+        device = getattr(values, "device", None)
+        if isinstance(device, str) and device.split(":")[0] in ("cuda", "mps") and \
+                not _device_available(device):
+            problems.append((f"{prefix}.device", f"'{device}' is not available on this "
+                             "machine; use auto or cpu"))
+    return problems
+
+
+def _training_gpu() -> bool:
+    """What the trainer will find: a CUDA GPU, not switched off by ACCELERATE_USE_CPU."""
+    from .distributed import uses_cpu
+
+    return not uses_cpu()
+
+
+def _device_available(device: str) -> bool:
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "mps":
+        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if not torch.cuda.is_available():
+        return False
+    return not index or (index.isdigit() and int(index) < torch.cuda.device_count())
 
 
 def _stage_specs(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

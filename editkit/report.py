@@ -21,6 +21,7 @@ from .errors import InputError
 from .runs import RecordStore, atomic_write_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+PIPELINE = ("captions", "render", "filters", "train", "evaluate")
 EVAL_EXAMPLES = 12
 TRAIN_SAMPLES = 64
 JPEG_QUALITY = 65
@@ -33,7 +34,9 @@ th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.rejected td{background:#fff4f4}.why{color:#a00}.ok{color:#070}
 .cap{color:#555;font-size:12px}.sc{font-size:12px;color:#333;white-space:nowrap}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;font-size:12px}
-img{background:#eee;display:block}
+img{background:#eee;display:block;max-width:100%;height:auto}
+table{display:block;max-width:100%;overflow-x:auto}
+@media (max-width:600px){body{margin:.6em;font-size:15px}td,th{padding:3px 4px}}
 """
 
 SCRIPT = """
@@ -133,6 +136,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
         _pairs_table(run, pairs, filters, splits, thumbs),
     ]
     page = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>\n"
             + "\n".join(s for s in sections if s)
             + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
@@ -158,35 +162,43 @@ def _filter_records(run: Path) -> list[tuple[str, dict[str, dict[str, Any]]]]:
 
 
 def _splits(run: Path) -> dict[str, str]:
-    path = run / "dataset" / "metadata.jsonl"
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text("utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[str(row.get("id"))] = row.get("split", "")
-    return out
+    """{pair id: "train" or "test"} from the run's dataset."""
+    return {key: row["split"] for key, row in _dataset_rows(run / "dataset").items()}
+
+
+def _dataset_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """{pair id: row} of the dataset in `folder`, in either layout (image paths absolute)."""
+    from .runs import is_dataset, read_dataset
+
+    return ({str(r["id"]): r for r in read_dataset(folder).rows}
+            if is_dataset(folder) else {})
 
 
 def _overview(manifest: dict[str, Any], pairs: list[dict[str, Any]],
               filters: list[tuple[str, dict[str, Any]]]) -> str:
+    """The stages in the order data flows through them: what each made, its rejects by
+    reason, and the time it took over every run that worked on it."""
+    from .console import duration, made_text, rejects_text
+
     stages = manifest.get("stages", {})
+    order = [s for s in PIPELINE if s in stages] + [s for s in stages if s not in PIPELINE]
     rows = []
-    for stage, summary in stages.items():
+    for stage in order:
+        summary = stages[stage]
         if not isinstance(summary, dict):
             continue
-        shown = ", ".join(f"{k}={v}" for k, v in summary.items()
-                          if isinstance(v, (int, float, str)) and k != "seconds")
-        seconds = summary.get("seconds")
-        rows.append(f"<tr><td>{esc(stage)}</td><td>{esc(shown)}</td>"
-                    f"<td class=num>{'' if seconds is None else f'{seconds:.1f}'}</td></tr>")
-    rendered = sum(p.get("status") == "kept" for p in pairs)
+        rows.append(f"<tr><td>{esc(stage)}</td><td>{esc(made_text(stage, summary))}</td>"
+                    f"<td>{esc(rejects_text(summary))}</td>"
+                    f"<td class=num>{esc(duration(summary.get('seconds')))}</td></tr>")
+    kept = sum(p.get("status") == "kept" for p in pairs)
+    rejected = len(pairs) - kept
+    made = (f"{kept:,} pairs rendered ({2 * kept:,} images)"
+            + (f", {rejected:,} rejected" if rejected else ""))
     return ("<h2>Run</h2>"
-            f"<p>{len(pairs)} pairs rendered ({rendered} images made), "
-            f"{len(filters)} filter(s), editkit {esc(manifest.get('editkit', '?'))}.</p>"
-            + ("<table><tr><th>stage</th><th>summary</th><th>seconds</th></tr>"
-               + "".join(rows) + "</table>" if rows else ""))
+            f"<p>{made}, {len(filters)} filter(s), "
+            f"editkit {esc(manifest.get('editkit', '?'))}.</p>"
+            + ("<table><tr><th>stage</th><th>made</th><th>rejected</th>"
+               "<th>time</th></tr>" + "".join(rows) + "</table>" if rows else ""))
 
 
 def _filter_stats(filters: list[tuple[str, dict[str, Any]]]) -> str:
@@ -246,15 +258,10 @@ def _evaluation(run: Path, thumbs: Thumbnails) -> str:
         source = run / "dataset"
     examples = data["models"][0]["rows"][:EVAL_EXAMPLES]
     rows = []
-    metadata = {}
-    if (source / "metadata.jsonl").is_file():
-        for line in (source / "metadata.jsonl").read_text("utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                metadata[str(row.get("id"))] = row
+    metadata = _dataset_rows(source)
     for i, example in enumerate(examples):
         row = metadata.get(str(example["id"]))
-        images = [source / row["input_image"]] if row else []
+        images = [row["input_image"]] if row and row.get("input_image") else []
         images += [run / "evaluate" / m["rows"][i]["image"] for m in data["models"]
                    if i < len(m["rows"])]
         cells = thumbs.tag(f"eval/{i:04d}", images, example["edit_prompt"])

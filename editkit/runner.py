@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import platform
 import shutil
+import threading
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -121,20 +123,69 @@ def run_recipe(recipe: Recipe, *, fresh: bool = False, only: str | None = None,
                 if dist.is_main:
                     state = run.stage_state(stage)
                     if state is None or state["config"] != config:
-                        run.write_stage_state(stage, {"config": config, "complete": False})
+                        # a stage kept across a plugin upgrade keeps its recorded time
+                        run.write_stage_state(stage, {"config": config, "complete": False,
+                                                      "seconds": (state or {}).get("seconds",
+                                                                                   0.0)})
                 dist.barrier()
                 summary: dict[str, Any] = {}
-                if everyone or dist.is_main:
-                    summary = timed(DRIVERS[stage], ctx)
-                dist.barrier()
+                clock = StageClock(run, stage, config) if dist.is_main else nullcontext()
+                with clock:
+                    if everyone or dist.is_main:
+                        summary = timed(DRIVERS[stage], ctx)
+                    dist.barrier()
                 if dist.is_main:
                     if stage == "render" and dist.world > 1:
                         summary.update(render_summary(run))  # every process's records
-                    run.write_stage_state(stage, {"config": config, "complete": True})
+                    summary["seconds"] = clock.total()
+                    run.write_stage_state(stage, {"config": config, "complete": True,
+                                                  "seconds": summary["seconds"]})
                     run.update_manifest(stages={stage: summary},
                                         processes=dist.world)
                 summaries[stage] = summary
         return summaries
+
+
+class StageClock:
+    """A stage's working time over every run that worked on it: the time recorded in its
+    `stage.json` plus this run's, written back every `every` seconds while the stage runs,
+    so a stage resumed after a kill reports the time it really took (not the seconds of the
+    run that finished it)."""
+
+    def __init__(self, run: RunFolder, stage: str, config: dict[str, Any], every: float = 10.0):
+        state = run.stage_state(stage) or {}
+        self.before = float(state.get("seconds") or 0.0)
+        self._run, self._stage, self._config, self._every = run, stage, config, every
+        self._start = 0.0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def total(self) -> float:
+        return round(self.before + time.perf_counter() - self._start, 3)
+
+    def _flush(self) -> None:
+        while not self._stop.wait(self._every):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._run.write_stage_state(self._stage, {
+                        "config": self._config, "complete": False, "seconds": self.total()})
+                except OSError:
+                    return
+
+    def __enter__(self) -> "StageClock":
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._flush, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _prepare(recipe: Recipe, run: RunFolder, fresh: bool) -> None:

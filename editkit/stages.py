@@ -18,7 +18,7 @@ from .diversity import triplet_diversity
 from .errors import RunError
 from .kinds import CaptionJob, FilterJob, RenderJob, Reject, TrainJob
 from .recipe import Recipe
-from .runs import RunFolder, atomic_save_image, atomic_write_text, fingerprint
+from .runs import DATASET, RunFolder, atomic_save_image, is_dataset, write_dataset_folder
 from .tokens import TokenLimit, tokenizer_ref
 from .triplets import check_triplet, dedupe_key
 
@@ -114,8 +114,8 @@ def _caption_record(item: Any, index: int, seen: set[str],
                     limit: TokenLimit | None = None) -> dict[str, Any]:
     record_id = f"{index:06d}"
     if isinstance(item, Reject):
-        return {"id": record_id, "status": REJECTED, "reason": item.reason,
-                "detail": item.detail, **item.data}
+        return {**item.data, "id": record_id, "status": REJECTED, "reason": item.reason,
+                "detail": item.detail}
     problem = check_triplet(item)
     if problem is None and limit is not None:
         problem = limit.problem(item)
@@ -282,7 +282,7 @@ def run_filters(ctx: StageContext) -> dict[str, Any]:
                 # counted by criterion (min_image, keep_top, ...), not by the reason's numbers
                 rejects[f"{spec.use}: {res.get('criterion') or res['reason']}"] += 1
         survivors = [p for p in survivors if results[p["id"]]["status"] == KEPT]
-    write_dataset(ctx.run, survivors, held_out_fraction(ctx.recipe))
+    write_dataset(ctx.run, survivors, held_out_fraction(ctx.recipe), ctx.recipe)
     return {"scored": len(pairs), "kept": len(survivors), "rejects": dict(rejects),
             "stats": stats}
 
@@ -310,51 +310,48 @@ def split_of(triplet_id: str, fraction: float) -> str:
     return "test" if bucket < fraction else "train"
 
 
-def write_dataset(run: RunFolder, pairs: list[dict[str, Any]], fraction: float = 0.0) -> Path:
-    """The kept pairs as a dataset: `metadata.jsonl` beside hard links to the images, with
-    the columns diffusers' InstructPix2Pix training reads (input_image, edit_prompt,
-    edited_image) plus captions, seeds, scores and `split` ("test" for the held-out
-    `fraction` of triplets, which trainers skip)."""
-    import json
-    import os
-
-    folder = run.path / "dataset"
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
+def write_dataset(run: RunFolder, pairs: list[dict[str, Any]], fraction: float = 0.0,
+                  recipe: Recipe | None = None) -> Path:
+    """The kept pairs as the run's dataset (`editkit.runs` owns its layout): the columns
+    diffusers' InstructPix2Pix training reads (input_image, edit_prompt, edited_image) plus
+    captions, seeds, scores and `split`, "test" for the held-out `fraction` of triplets, which
+    trainers skip. It loads with `datasets.load_dataset(RUN/dataset)` as train and test."""
     render_dir = run.stage_dir("render")
-    lines = []
+    rows = []
     for pair in sorted(pairs, key=lambda p: p["id"]):
-        row = {"id": pair["id"], "edit_prompt": pair["edit"], "input": pair["input"],
-               "output": pair["output"], "seed": pair.get("settings", {}).get("seed"),
-               "scores": pair.get("scores", {}),
-               "split": split_of(pair.get("triplet_id", pair["id"]), fraction)}
-        for role, column in (("before", "input_image"), ("after", "edited_image")):
-            source = render_dir / pair[role]
-            target = images / source.name
-            if not target.exists():
-                try:
-                    os.link(source, target)
-                except OSError:
-                    target.write_bytes(source.read_bytes())
-            row[column] = f"images/{source.name}"
-        lines.append(json.dumps(row, sort_keys=True))
-    atomic_write_text(folder / "metadata.jsonl", "".join(line + "\n" for line in lines))
-    return folder
+        rows.append({"id": pair["id"], "edit_prompt": pair["edit"], "input": pair["input"],
+                     "output": pair["output"], "seed": pair.get("settings", {}).get("seed"),
+                     "scores": pair.get("scores", {}),
+                     "split": split_of(pair.get("triplet_id", pair["id"]), fraction),
+                     "input_image": render_dir / pair["before"],
+                     "edited_image": render_dir / pair["after"]})
+    title, about = "", ""
+    if recipe is not None:
+        model = recipe.model
+        title = f"{model.name}: edit pairs"
+        made = [f"captions by `{model.captions.use}`" if model.captions else "",
+                f"pairs rendered by `{model.render.use}`" if model.render else "",
+                "kept by " + ", ".join(f"`{f.use}`" for f in model.filters)
+                if model.filters else ""]
+        about = " ".join(filter(None, [model.description, (
+            f"Made by editkit from the recipe `{model.name}`: "
+            + "; ".join(m for m in made if m) + ".")]))
+    return write_dataset_folder(run.path / DATASET, rows, title, about)
 
 
 # --- train ------------------------------------------------------------------------------
 
 
 def run_train(ctx: StageContext) -> dict[str, Any]:
-    dataset = ctx.run.path / "dataset"
+    dataset = ctx.run.path / DATASET
     # a trainer given its own `dataset` (pairs made elsewhere) needs nothing from this run
     own_dataset = ctx.recipe.plugins["train"].options_dict().get("dataset")
     if ctx.recipe.model.render is not None and not own_dataset:
-        if ctx.recipe.model.filters == [] and not (dataset / "metadata.jsonl").exists():
+        if ctx.recipe.model.filters == [] and not is_dataset(dataset):
             rendered = kept_records(ctx.run, "render")
             if rendered:  # no filters: every rendered pair trains
-                write_dataset(ctx.run, rendered, held_out_fraction(ctx.recipe))
-        if not (dataset / "metadata.jsonl").exists():
+                write_dataset(ctx.run, rendered, held_out_fraction(ctx.recipe), ctx.recipe)
+        if not is_dataset(dataset):
             raise RunError("train: the run has no dataset yet",
                            "run the render and filters stages first")
     trainer = ctx.recipe.plugins["train"].create()

@@ -29,7 +29,9 @@ window.addEventListener("load", function () {
   var out = document.createElement("pre");
   out.id = "__probe";
   out.textContent = JSON.stringify({images: imgs.length, broken: broken,
-                                    errors: window.__errors, title: document.title});
+                                    errors: window.__errors, title: document.title,
+                                    width: window.innerWidth,
+                                    scroll_width: document.documentElement.scrollWidth});
   document.body.appendChild(out);
 });
 </script>"""
@@ -48,8 +50,10 @@ def chromium() -> str:
     raise FileNotFoundError("Chromium is not installed (apt-get install -y chromium)")
 
 
-def open_page(page: str | Path, timeout: float = 120) -> dict[str, Any]:
-    """{images, broken, errors, title, console} for `page`, as Chromium saw it."""
+def open_page(page: str | Path, timeout: float = 120,
+              window: tuple[int, int] | None = None) -> dict[str, Any]:
+    """{images, broken, errors, title, width, scroll_width, console} for `page`, as Chromium
+    saw it in a window of `window` (width, height) pixels (a phone's 390x844, say)."""
     page = Path(page).resolve()
     text = page.read_text("utf-8").replace('loading="lazy"', 'loading="eager"')
     head = text.find("<head>")
@@ -57,7 +61,8 @@ def open_page(page: str | Path, timeout: float = 120) -> dict[str, Any]:
     probe_page.write_text(text[:head + 6] + PROBE + text[head + 6:], "utf-8")
     try:
         with tempfile.TemporaryDirectory(prefix="editkit-chromium-") as profile:
-            done = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}",
+            size = [f"--window-size={window[0]},{window[1]}"] if window else []
+            done = subprocess.run([chromium(), *FLAGS, *size, f"--user-data-dir={profile}",
                                    probe_page.as_uri()], capture_output=True, text=True,
                                   timeout=timeout)
     finally:

@@ -6,6 +6,11 @@ exactly what the server does: "429" (with Retry-After), "500", "quota", "401", "
 "malformed", "truncated", "refusal", "slow", "nochoices" (a 200 without choices);
 "tags-500" is for Ollama's model listing. Good replies hold unique, valid triplets (the
 running request number is in every caption), so losing or repeating one is visible.
+A request that gives captions to edit (`input_captions`: one JSON string a line) is answered
+with one triplet per caption, its input copied back; the faults "rewrite" (the first input
+reworded), "skip" (the last caption left out) and "recase" (inputs upper-cased) misbehave.
+"down" answers well and then stops listening, so every later connection is refused: a server
+that was up and went down.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class LLMServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop listening: later connections are refused (safe to call twice, and from a
+        request's handler thread)."""
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -54,6 +64,21 @@ class LLMServer:
             self.log.append({"path": path, "fault": fault, "body": body,
                              "t": time.monotonic()})
             return fault
+
+    def edit_triplets(self, captions: list[str], fault: str) -> list[dict[str, Any]]:
+        """One good triplet per given caption (an added red bicycle), then the fault."""
+        with self.lock:
+            self.triplets += len(captions)
+        out = [{"input": c.upper() if fault == "recase" else c,
+                "edit": "add a red bicycle",
+                "output": f"{c.rstrip('. ')} with a red bicycle in front",
+                "edit_kind": "add", "words": ["red", "bicycle"], "region": "foreground"}
+               for c in captions]
+        if fault == "rewrite" and out:
+            out[0]["input"] = "a nicer version of " + out[0]["input"]
+        if fault == "skip" and out:
+            out.pop()
+        return out
 
     def make_triplets(self, n: int) -> list[dict[str, Any]]:
         with self.lock:
@@ -85,6 +110,9 @@ class LLMServer:
                 self.send_header("Content-Length", str(len(raw)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
+                if getattr(self, "going_down", False):
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 try:
                     self.wfile.write(raw)
@@ -108,7 +136,14 @@ class LLMServer:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the client hung up mid-request (a closed client)
+                    self.close_connection = True
+                    return
+                body = json.loads(raw or b"{}")
+                if self.path in ("/v1/chat/completions", "/api/chat") and \
+                        not isinstance(body.get("messages"), list):
+                    return self.send_json(400, {"error": "messages is required"})
                 with server.lock:
                     server.concurrent += 1
                     server.max_concurrent = max(server.max_concurrent, server.concurrent)
@@ -128,6 +163,19 @@ class LLMServer:
             def wanted(self, messages: list[dict[str, Any]]) -> int:
                 match = re.search(r"Write (\d+) new", messages[-1]["content"])
                 return int(match.group(1)) if match else 1
+
+            def reply_triplets(self, messages: list[dict[str, Any]], fault: str
+                               ) -> list[dict[str, Any]]:
+                """The given captions' triplets, or `wanted` new ones ("down": this is the
+                last answer; the server stops listening before sending it)."""
+                if fault == "down":
+                    self.going_down = True
+                    server.stop()
+                given = [json.loads(line) for line in messages[-1]["content"].splitlines()
+                         if line.startswith('"')]
+                if given:
+                    return server.edit_triplets(given, fault)
+                return server.make_triplets(self.wanted(messages))
 
             def openai_error(self, status: int, code: str, message: str,
                              headers: dict[str, str] | None = None) -> None:
@@ -153,7 +201,7 @@ class LLMServer:
                 if fault == "nochoices":
                     return self.send_json(200, {"id": "x", "object": "chat.completion"})
                 content: str | None = json.dumps(
-                    {"triplets": server.make_triplets(self.wanted(body["messages"]))})
+                    {"triplets": self.reply_triplets(body["messages"], fault)})
                 finish, refusal = "stop", None
                 if fault == "malformed":
                     content = '{"triplets": [{"input": "a street", "edit": '
@@ -194,8 +242,8 @@ class LLMServer:
                     return self.send_json(500, {"error": "llama runner process has terminated"})
                 if fault == "429":
                     return self.send_json(503, {"error": "server busy, please try again"})
-                content = json.dumps({"triplets": server.make_triplets(
-                    self.wanted(body["messages"]))})
+                content = json.dumps({"triplets": self.reply_triplets(body["messages"],
+                                                                      fault)})
                 done_reason = "stop"
                 if fault == "malformed":
                     content = "{\"triplets\": [ oops"

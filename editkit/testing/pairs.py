@@ -65,14 +65,14 @@ def synthetic_pairs(folder: str | Path, triplets: int, samples: int = 2, size: i
 
 
 def synthetic_run(folder: str | Path, triplets: int, samples: int = 2, size: int = 64,
-                  seed: int = 0) -> Path:
+                  seed: int = 0, held_out: float = 0.05) -> Path:
     """A run folder as captions -> render -> clip filter would leave it, without models:
     render records and images, one filter's records (scores, a reject every few pairs),
-    the dataset with its split, and a manifest. For report tests at the scale of real runs."""
-    import json
+    the dataset with its split (`held_out` of the triplets), and a manifest. For report and
+    dataset tests at the scale of real runs."""
     import os
 
-    from ..runs import RecordStore, atomic_write_json
+    from ..runs import DATASET, RecordStore, atomic_write_json, write_dataset_folder
     from ..stages import split_of
 
     folder = Path(folder)
@@ -103,16 +103,14 @@ def synthetic_run(folder: str | Path, triplets: int, samples: int = 2, size: int
                        "reason": None if keep else f"clip image similarity "
                        f"{scores['clip_image']:.3f} < min_image 0.7"})
         if keep:
-            dataset.append({"id": pair["id"], "input_image": record["before"],
-                            "edited_image": record["after"], "edit_prompt": pair["edit"],
+            dataset.append({"id": pair["id"], "input_image": pair["before_path"],
+                            "edited_image": pair["after_path"], "edit_prompt": pair["edit"],
                             "input": pair["input"], "output": pair["output"], "scores": scores,
                             "seed": pair["settings"]["seed"],
-                            "split": split_of(pair["triplet_id"], 0.05)})
+                            "split": split_of(pair["triplet_id"], held_out)})
     RecordStore(folder / "render").append(render)
     RecordStore(folder / "filters" / "0-clip").append(scored)
-    (folder / "dataset").mkdir(parents=True, exist_ok=True)
-    (folder / "dataset" / "metadata.jsonl").write_text(
-        "".join(json.dumps(row) + "\n" for row in dataset))
+    write_dataset_folder(folder / DATASET, dataset, "synthetic: edit pairs")
     kept = sum(r["status"] == "kept" for r in scored)
     atomic_write_json(folder / "manifest.json", {
         "editkit": "test", "recipe": "synthetic",
@@ -127,31 +125,41 @@ SQUARES = [((200, 30, 30), (30, 30, 200), "blue"), ((30, 160, 30), (220, 220, 40
 
 
 def make_pair_dataset(folder: str | Path, count: int = 4, size: tuple[int, int] = (32, 32),
-                      held_out: int = 0) -> Path:
+                      held_out: int = 0, flat: bool = False) -> Path:
     """A dataset folder as the filters stage writes it for trainers: `count` before/after
-    pairs (a square the instruction recolours) and metadata.jsonl; the last `held_out` rows
-    are split "test"."""
+    pairs (a square the instruction recolours); the last `held_out` rows are split "test".
+    `flat` writes the older layout instead (metadata.jsonl beside images/, as users' folders
+    and runs of earlier versions have it), with the same rows."""
     import json
+    import tempfile
 
     from PIL import Image, ImageDraw
 
+    from ..runs import write_dataset_folder
+
     folder = Path(folder)
-    images = folder / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    rows = []
-    w, h = size
-    for i in range(count):
-        old, new, word = SQUARES[i % len(SQUARES)]
-        for role, colour in (("before", old), ("after", new)):
-            image = Image.new("RGB", size, (90, 110, 130))
-            ImageDraw.Draw(image).rectangle((w // 4, h // 4, 3 * w // 4, 3 * h // 4),
-                                            fill=colour)
-            image.save(images / f"{i:03d}-{role}.png")
-        rows.append({"id": f"{i:06d}-0", "input_image": f"images/{i:03d}-before.png",
-                     "edited_image": f"images/{i:03d}-after.png",
-                     "edit_prompt": f"make the square {word}",
-                     "input": "a photo of a square", "output": f"a photo of a {word} square",
-                     "seed": i, "scores": {},
-                     "split": "test" if i >= count - held_out else "train"})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+    with tempfile.TemporaryDirectory() as staging:
+        images = folder / "images" if flat else Path(staging)
+        images.mkdir(parents=True, exist_ok=True)
+        rows = []
+        w, h = size
+        for i in range(count):
+            old, new, word = SQUARES[i % len(SQUARES)]
+            for role, colour in (("before", old), ("after", new)):
+                image = Image.new("RGB", size, (90, 110, 130))
+                ImageDraw.Draw(image).rectangle((w // 4, h // 4, 3 * w // 4, 3 * h // 4),
+                                                fill=colour)
+                image.save(images / f"{i:03d}-{role}.png")
+            rows.append({"id": f"{i:06d}-0", "input_image": f"images/{i:03d}-before.png",
+                         "edited_image": f"images/{i:03d}-after.png",
+                         "edit_prompt": f"make the square {word}",
+                         "input": "a photo of a square", "output": f"a photo of a {word} square",
+                         "seed": i, "scores": {},
+                         "split": "test" if i >= count - held_out else "train"})
+        if flat:
+            (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            return folder
+        for row in rows:
+            for column in ("input_image", "edited_image"):
+                row[column] = images / Path(row[column]).name
+        return write_dataset_folder(folder, rows, "squares: edit pairs")

@@ -1,4 +1,4 @@
-"""Paired training data: rows from `metadata.jsonl`, aspect buckets, identical crops and flips.
+"""Paired training data: a dataset's rows, aspect buckets, identical crops and flips.
 
 The batch for micro-step `m` is a pure function of `(seed, m)`, so a resumed run sees exactly
 the batches an uninterrupted run sees, and every process of a data-parallel run takes its own
@@ -7,7 +7,6 @@ slice of one global batch.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from editkit.errors import InputError
+from editkit.runs import read_dataset
 
 COLUMNS = ("input_image", "edit_prompt", "edited_image")
 
@@ -31,33 +31,20 @@ class Row:
 
 
 def read_pair_rows(folder: Path) -> tuple[list[Row], list[Row], list[str]]:
-    """(train rows, held-out rows, problems). Rows whose `split` is "test" are held out."""
+    """(train rows, held-out rows, problems) of a dataset in either layout (`editkit.runs`
+    reads it), or of a run folder's. Rows whose `split` is "test" are held out."""
     from PIL import Image
 
-    meta = Path(folder) / "metadata.jsonl"
-    if not meta.exists():
-        raise InputError(f"dataset {folder} has no metadata.jsonl",
-                         "point dataset= at a folder with metadata.jsonl (columns "
-                         "input_image, edit_prompt, edited_image), or run render and filters")
+    data = read_dataset(folder, required=COLUMNS, fix=(
+        "point dataset= at a folder with metadata.jsonl (columns input_image, edit_prompt, "
+        "edited_image), or run render and filters"))
     train: list[Row] = []
     held: list[Row] = []
-    problems: list[str] = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            problems.append(f"line {n}: not JSON")
-            continue
-        missing = [c for c in COLUMNS if not data.get(c)]
-        if missing:
-            problems.append(f"line {n}: missing {', '.join(missing)}")
-            continue
-        row = Row(id=str(data.get("id", n)), prompt=str(data["edit_prompt"]),
-                  input_image=Path(folder) / data["input_image"],
-                  edited_image=Path(folder) / data["edited_image"],
-                  caption=str(data.get("input", "")), output=str(data.get("output", "")))
+    problems = list(data.problems)
+    for item in data.rows:
+        row = Row(id=str(item["id"]), prompt=str(item["edit_prompt"]),
+                  input_image=item["input_image"], edited_image=item["edited_image"],
+                  caption=str(item.get("input") or ""), output=str(item.get("output") or ""))
         try:
             with Image.open(row.input_image) as a, Image.open(row.edited_image) as b:
                 row.size = a.size
@@ -67,11 +54,11 @@ def read_pair_rows(folder: Path) -> tuple[list[Row], list[Row], list[str]]:
         except OSError as exc:
             problems.append(f"{row.id}: unreadable image ({exc})")
             continue
-        (held if data.get("split") == "test" else train).append(row)
+        (held if item["split"] == "test" else train).append(row)
     if not train:
         detail = f" ({'; '.join(problems[:3])})" if problems else ""
-        raise InputError(f"dataset {folder} has no usable training rows{detail}",
-                         "check metadata.jsonl and the image files it names")
+        raise InputError(f"dataset {data.folder} has no usable training rows{detail}",
+                         "check its metadata.jsonl and the image files it names")
     return train, held, problems
 
 

@@ -10,7 +10,7 @@ that `load_lora_weights` reads.
 Why: a LoRA's factors cost two more matrix products a layer, forward and backward. On a small
 UNet whose layers are no wider than the rank (the shapes world's: 32 and 64 channels) the
 factors buy no saving in trained parameters and cost ~30% more time a step than training the
-difference itself (BENCHMARKS.md, session 18). Weight decay acts on D, as it would on the
+difference itself (docs/history/training-speed.md, 2026-12-03). Weight decay acts on D, as it would on the
 factors, never on the base weights.
 """
 

@@ -24,7 +24,7 @@ from .memory import ModelSize, model_size
 from .options import TrainOptions
 from .tracker import Tracker
 from .unet import (Components, conv_in_state, diffusion_goal, diffusion_loss, load_components,
-                   lora_layers, with_prediction_type)
+                   lora_layers, lora_metadata, with_prediction_type)
 
 # Words that say what to do, not what to do it to: skipped when looking for the edit's object.
 _VERBS = set("""a an the of and with in on at to for from into it them this that there make
@@ -34,9 +34,10 @@ _ADDING = {"add", "put", "insert", "place", "draw", "include"}
 
 
 class EditOptions(TrainOptions):
-    dataset: str | None = Field(None, description="a folder with metadata.jsonl (columns "
-                                "input_image, edit_prompt, edited_image); default: the run's "
-                                "kept pairs")
+    dataset: str | None = Field(None, description="a dataset as editkit writes it (a run "
+                                "folder or its dataset/), or a folder with metadata.jsonl "
+                                "(columns input_image, edit_prompt, edited_image); default: "
+                                "the run's kept pairs")
     buckets: bool = Field(True, description="aspect-ratio buckets instead of square crops")
     cache_latents: bool = Field(False, description="encode each image once, and once mirrored "
                                 "when random_flip is on (crops are then "
@@ -307,28 +308,26 @@ class EditTask:
         return target, before, after.mean
 
     def _cached_dists(self, keys: list[tuple[str, bool, tuple[int, int]]]) -> Any:
-        """The VAE's distribution parameters of each (path, mirrored, bucket), the ones not
-        cached yet encoded together: one VAE call per bucket, not one per image."""
+        """The VAE's distribution parameters of each (path, mirrored, bucket), each image
+        encoded alone the first time it is asked for. Alone, not with the others missing
+        from the same batch: a convolution's result for one image differs in the last bits
+        with the batch it runs in, and which images are missing together depends on where
+        the run started (a resumed run fills its cache from another step), so batched
+        encoding made resumed runs drift from uninterrupted ones."""
         import torch
         from PIL import Image
 
-        missing: dict[tuple[int, int], list[tuple[str, bool, tuple[int, int]]]] = {}
         for key in dict.fromkeys(keys):
-            if key not in self._latents:
-                missing.setdefault(key[2], []).append(key)
-        for bucket, todo in missing.items():
-            pixels = []
-            for path, mirror, _ in todo:
-                with Image.open(path) as image:
-                    (cropped,) = paired_crop([image], bucket, None, False)
-                if mirror:
-                    cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                pixels.append(_to_tensor(cropped))
+            if key in self._latents:
+                continue
+            path, mirror, bucket = key
+            with Image.open(path) as image:
+                (cropped,) = paired_crop([image], bucket, None, False)
+            if mirror:
+                cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             with torch.no_grad():
-                params = self.parts.vae.encode(torch.stack(pixels).to(
+                self._latents[key] = self.parts.vae.encode(_to_tensor(cropped)[None].to(
                     self.device, self.weight_dtype)).latent_dist.parameters
-            for k, key in enumerate(todo):
-                self._latents[key] = params[k:k + 1]
         return torch.cat([self._latents[key] for key in keys])
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
@@ -514,10 +513,13 @@ class EditTask:
                     deltas_to_lora(self.parts.text_encoder, self.lora.rank, alpha,
                                    list(self.lora.text_encoder_modules), self.log,
                                    "text encoder")
+            text = self.parts.text_encoder if self.train_text else None
             StableDiffusionInstructPix2PixPipeline.save_lora_weights(
                 folder, unet_lora_layers=lora_layers(unet),
-                text_encoder_lora_layers=(lora_layers(self.parts.text_encoder)
-                                          if self.train_text else None),
+                text_encoder_lora_layers=lora_layers(text) if text is not None else None,
+                unet_lora_adapter_metadata=lora_metadata(unet),
+                text_encoder_lora_adapter_metadata=(lora_metadata(text) if text is not None
+                                                    else None),
                 safe_serialization=True)
             conv_in = None
             if self.train_conv_in:
@@ -525,7 +527,8 @@ class EditTask:
                 save_file(conv_in_state(unet), folder / conv_in)
             return {"type": "lora", "base": self.options.base,
                     "lora": "pytorch_lora_weights.safetensors", "conv_in": conv_in,
-                    "rank": self.lora.rank, "guidance": guidance,
+                    "rank": self.lora.rank, "alpha": self.lora.alpha or self.lora.rank,
+                    "guidance": guidance,
                     "prediction_type": self.parts.noise_scheduler.config.prediction_type,
                     "base_probe": self.base_probe}
         from diffusers import AutoencoderKL

@@ -65,6 +65,21 @@ def lora_layers(module: Any) -> dict[str, Any]:
             for k, v in get_peft_model_state_dict(module).items()}
 
 
+def lora_metadata(module: Any) -> dict[str, Any] | None:
+    """`module`'s LoRA config as diffusers' `save_lora_weights` stores it in the file
+    (`*_lora_adapter_metadata`), so `load_lora_weights` rebuilds the adapter with its alpha:
+    without it the loader guesses alpha = rank, and a LoRA trained with another alpha would
+    load at rank/alpha times its trained strength. The keys diffusers' loader itself reads
+    from a file without metadata: training-only settings (dropout, initialisation) stay out."""
+    config = getattr(module, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    keys = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_dora",
+            "lora_bias")
+    data = config.to_dict()
+    return {k: sorted(data[k]) if isinstance(data[k], set) else data[k] for k in keys}
+
+
 def diffusion_goal(scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> Any:
     """What the UNet is trained to predict under the scheduler's prediction type."""
     kind = scheduler.config.prediction_type

@@ -11,7 +11,7 @@ Edges are feathered; the mask is saved with the pair.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,6 +22,9 @@ MaskSource = Literal["words", "image", "foreground", "background", "region"]
 
 
 class MaskedBlendOptions(PairOptions):
+    # the option that holds a model, and what it must be (checked at recipe validation)
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"model": "text-to-image"}
+
     mask: MaskSource = Field("words", description="words: attention of the edited words; "
                              "image: mask_image; foreground/background: split of the caption's "
                              "attention; region: the triplet's `region` picks one")

@@ -22,9 +22,13 @@ from editkit.evalsettings import CLIP_DEFAULT
 
 class ClipOptions(PluginOptions):
     model: str = Field(CLIP_DEFAULT, description="CLIP model: hub id, folder or built-in")
-    min_text: float = Field(0.2, description="each image against its caption, at least")
-    min_direction: float = Field(0.2, description="directional similarity, at least")
-    min_image: float = Field(0.7, description="before/after image similarity, at least")
+    # cosine similarities lie in [-1, 1]: a threshold of -1 lets every pair through
+    min_text: float = Field(0.2, ge=-1, le=1, description="each image against its caption, "
+                            "at least (-1 to 1; -1: off)")
+    min_direction: float = Field(0.2, ge=-1, le=1, description="directional similarity, at "
+                                 "least (-1 to 1; -1: off)")
+    min_image: float = Field(0.7, ge=-1, le=1, description="before/after image similarity, at "
+                             "least (-1 to 1; -1: off)")
     keep_top: int | None = Field(4, ge=1, description="samples kept per triplet (by "
                                  "direction); null keeps every passing sample")
     batch_size: int = Field(32, ge=1, description="images per model call")

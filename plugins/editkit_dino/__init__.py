@@ -18,8 +18,11 @@ from editkit.evalsettings import DINO_DEFAULT
 
 class DinoOptions(PluginOptions):
     model: str = Field(DINO_DEFAULT, description="DINOv2 model: hub id, folder or built-in")
-    min_similarity: float = Field(0.6, description="structure kept: similarity at least")
-    max_similarity: float | None = Field(None, description="something changed: at most")
+    # cosine similarities lie in [-1, 1]: min_similarity -1 lets every pair through
+    min_similarity: float = Field(0.6, ge=-1, le=1, description="structure kept: similarity "
+                                  "at least (-1 to 1; -1: off)")
+    max_similarity: float | None = Field(None, ge=-1, le=1, description="something changed: "
+                                         "similarity at most (-1 to 1; null: off)")
     batch_size: int = Field(32, ge=1, description="images per model call")
     device: str = Field("auto", description="auto, cuda, mps or cpu")
     triplets_per_batch: int = Field(16, ge=1, description="triplets per scoring call/shard")

@@ -8,7 +8,7 @@ text encoder too; sample images for a list of prompts after training.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -21,6 +21,9 @@ SAMPLE_PROMPTS = ["a photo of sks dog on a beach", "a painting of sks dog in the
 
 
 class DreamBoothOptions(TrainOptions):
+    # the option that holds a model, and what it must be (checked at recipe validation)
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "text-to-image"}
+
     base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                       description="the text-to-image model to teach")
     instance_images: str = Field(..., description="folder of photos of the subject")

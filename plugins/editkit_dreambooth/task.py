@@ -15,7 +15,8 @@ from editkit.training.edit import _to_tensor
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize
 from editkit.training.tracker import Tracker
-from editkit.training.unet import diffusion_goal, diffusion_loss, load_components, lora_layers
+from editkit.training.unet import (diffusion_goal, diffusion_loss, load_components, lora_layers,
+                                 lora_metadata)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -248,10 +249,13 @@ class DreamBoothTask:
         o = self.options
         info = {"task": "text-to-image", "base": o.base, "instance_prompt": o.instance_prompt}
         if o.mode == "lora":
+            text = self.parts.text_encoder if o.train_text_encoder else None
             StableDiffusionPipeline.save_lora_weights(
                 folder, unet_lora_layers=lora_layers(self.parts.unet),
-                text_encoder_lora_layers=(lora_layers(self.parts.text_encoder)
-                                          if o.train_text_encoder else None),
+                text_encoder_lora_layers=lora_layers(text) if text is not None else None,
+                unet_lora_adapter_metadata=lora_metadata(self.parts.unet),
+                text_encoder_lora_adapter_metadata=(lora_metadata(text) if text is not None
+                                                    else None),
                 safe_serialization=True)
             return {"type": "lora", "lora": "pytorch_lora_weights.safetensors",
                     "conv_in": None, **info}

@@ -6,7 +6,7 @@ widened to 8 channels. Exports a diffusers pipeline folder to `train/final/`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -16,6 +16,9 @@ from editkit.training.edit import EditOptions
 
 
 class FinetuneOptions(EditOptions):
+    # the option that holds a model, and what it must be (checked at recipe validation)
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "edit"}
+
     learning_rate: float = Field(5e-5, gt=0)
 
 

@@ -7,7 +7,7 @@ beside the LoRA as `conv_in.safetensors`; the LoRA file loads with
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,9 @@ TEXT_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's text encod
 
 
 class LoraOptions(EditOptions):
+    # the option that holds a model, and what it must be (checked at recipe validation)
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "edit"}
+
     rank: int = Field(16, ge=1)
     alpha: int | None = Field(None, ge=1, description="LoRA alpha; default: the rank")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -39,7 +42,7 @@ class LoraOptions(EditOptions):
                                "targeted weight's difference D itself and export it as "
                                "rank-`rank` factors by SVD (exact when the rank is full): on "
                                "layers no wider than the rank, the same function for ~30% "
-                               "less time a step (BENCHMARKS.md, session 18)")
+                               "less time a step (docs/history/training-speed.md)")
 
 
 class LoraTrainer(Trainer):

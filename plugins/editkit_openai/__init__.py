@@ -6,11 +6,16 @@ The request loop, prompts and parsing are shared with the other LLM generators
 retry (429, 5xx, timeouts, honouring Retry-After), which end the run at once (bad key,
 `insufficient_quota`, unknown model), what the tokens cost, and optional moderation.
 The client's own retries are off, so retrying behaves as documented here and is tested.
+A server that refuses the connection (or a host that does not resolve) before any request
+has been answered is down or misnamed, not busy: that ends the run at once, naming the URL,
+instead of backing off for a minute; once a request has been answered, a refused connection
+is a restart and is retried like a timeout.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from pydantic import Field
@@ -71,6 +76,7 @@ class OpenAICaptions(LLMCaptions):
 
         self.client = OpenAI(api_key=key, base_url=self.options.base_url, max_retries=0,
                              timeout=self.options.timeout)
+        self.answered = False  # set by the first reply: from then on a refusal is retried
 
     def close(self) -> None:
         client = getattr(self, "client", None)
@@ -88,6 +94,7 @@ class OpenAICaptions(LLMCaptions):
             max_completion_tokens=max_tokens,
             response_format={"type": "json_schema", "json_schema": {
                 "name": "triplets", "strict": True, "schema": schema}}))
+        self.answered = True
         choice = response.choices[0]
         usage = response.usage
         return Reply(text=choice.message.content, finish=choice.finish_reason or "stop",
@@ -122,6 +129,14 @@ class OpenAICaptions(LLMCaptions):
                            "the model may not support strict JSON-schema structured outputs; "
                            "pick one that does (gpt-4o-mini, gpt-4.1, ...)") from None
         except openai.APIConnectionError as exc:  # includes timeouts
+            reason = not_connected(exc)
+            if reason is not None and not getattr(self, "answered", False):
+                own = self.options.base_url or os.environ.get("OPENAI_BASE_URL")
+                raise RunError(f"openai: cannot connect to {self.where()}: {reason}",
+                               "start the server, or check captions.options.base_url (or "
+                               "OPENAI_BASE_URL); a local server's URL ends in /v1" if own
+                               else "check the network connection, or set "
+                               "captions.options.base_url to a server you run") from None
             raise Retry(f"cannot reach {self.where()}: {first_line(exc)}") from None
 
     def review(self, items: list[dict[str, Any] | Reject]) -> list[dict[str, Any] | Reject]:
@@ -159,6 +174,25 @@ class OpenAICaptions(LLMCaptions):
                           + usage["completion_tokens"] * price[1]) / 1e6, 6)
         return {"model": self.options.model, "cost_usd": cost,
                 "price_per_1m_tokens": list(price) if price else None}
+
+
+def not_connected(exc: BaseException) -> str | None:
+    """Why no connection was made, when that is what went wrong (refused, unresolvable or
+    unreachable host), else None: timeouts and dropped connections of a live server."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for error in chain:
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, socket.gaierror):
+            return f"the host name does not resolve ({error.strerror or error})"
+    for error in chain:  # httpx's, whichever copy the client uses: no connection was made
+        if type(error).__name__ == "ConnectError":
+            return first_line(error)
+    return None
 
 
 def _error_code(exc: Any) -> str | None:

@@ -9,7 +9,7 @@ attention of the edited words. Every setting and seed goes into the pair's `sett
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,9 @@ from editkit.diffusion.renderer import PairOptions, PairRenderer, Sample, Triple
 
 
 class PromptToPromptOptions(PairOptions):
+    # the option that holds a model, and what it must be (checked at recipe validation)
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"model": "text-to-image"}
+
     control: bool = Field(
         True, description="attention control on; false renders the two prompts "
         "independently from the same noise (no injection, cross edit, reweighting or "

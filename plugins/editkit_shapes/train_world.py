@@ -39,7 +39,7 @@ weights 0.02): position for each of two shapes 0.80, every attribute right 0.66 
 (eval_world, 300 prompts, cfg 4); 4,000 more from there (lr 1.25e-4, grounding 0.05):
 0.99 and 0.977; 4,000 more with `--unsaid 0.25` (captions that leave size, place or
 background out, so the model also draws what a caption does not say): 0.997 and 0.983, the
-shipped `shapes-sd` (BENCHMARKS.md, sessions 14-15). The losses cost nothing at sampling:
+shipped `shapes-sd` (docs/history/shapes-models.md, 2026-11-24 to 2026-11-25). The losses cost nothing at sampling:
 the saved model is a plain StableDiffusionPipeline.
 
 The third to fifth UNet phases (lr 2.5e-4, 1.25e-4, 6.25e-5) are where the model learns

@@ -133,8 +133,9 @@ def test_evaluate_stage_measures_base_and_trained_and_the_report_shows_it(cli, t
     result = cli("run", "recipe.yaml", plugins=["testkit"])
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs/ev"
-    rows = [json.loads(x) for x in (run / "dataset/metadata.jsonl").read_text().splitlines()]
-    tests = [r for r in rows if r["split"] == "test"]
+    tests = [json.loads(x) for x in (run / "dataset/__test__/metadata.jsonl").read_text()
+             .splitlines()]
+    assert tests and all(r["split"] == "test" for r in tests)
     data = json.loads((run / "evaluate/metrics.json").read_text())
     assert [m["label"] for m in data["models"]] == ["tiny-ip2p"]
     assert data["models"][0]["metrics"]["rows"] == len(tests) > 0

@@ -47,7 +47,7 @@ def test_two_processes_make_the_dataset_one_process_makes(cli, tmp_path):
          str(write_recipe(tmp_path, RECIPE.format(name="two"), "two.yaml"))],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert launched.stdout.count("render: pairs=10") == 1  # the main process reports
+    assert launched.stdout.count("10 pairs (20 images)") == 1  # the main process reports
     one, two = tmp_path / "runs/one/render", tmp_path / "runs/two/render"
     shards = sorted(p.name for p in two.glob("shard-*.jsonl"))
     assert {name.split("-")[1] for name in shards} == {"r00", "r01"}

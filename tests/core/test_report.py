@@ -3,6 +3,7 @@
 import re
 
 from editkit.report import write_report
+from editkit.runs import RecordStore
 from editkit.testing.browser import open_page
 from editkit.testing.pairs import synthetic_run
 
@@ -55,3 +56,33 @@ def test_report_command_says_what_is_wrong(cli, tmp_path):
     assert result.returncode == 1
     assert "is not a run folder (no manifest.json)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_report_fits_a_phone_and_lists_stages_in_pipeline_order(tmp_path):
+    import json
+
+    run = synthetic_run(tmp_path / "run", triplets=20, samples=2, size=64)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"] = {  # written in the order a resumed run may leave them
+        "train": {"result": {"weights": "train/final"}, "stats": {"steps": 300},
+                  "seconds": 754.2},
+        "captions": {"kept": 20, "rejects": {"duplicate": 3}, "seconds": 2.04},
+        "render": {"pairs": 40, "rejected": 0, "rejects": {}, "seconds": 61.0},
+        "filters": {"scored": 40, "kept": 31, "rejects": {"clip: min_image": 9},
+                    "seconds": 4.5}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    page = write_report(run)
+    html = page.read_text()
+    assert 'name="viewport" content="width=device-width, initial-scale=1"' in html
+    order = [html.index(f"<tr><td>{s}</td>") for s in ("captions", "render", "filters", "train")]
+    assert order == sorted(order)
+    assert "<td>40 pairs (80 images)</td>" in html and "<td>duplicate 3</td>" in html
+    assert "12 min 34 s" in html and "2.0 s" in html
+    rendered = RecordStore(run / "render").read()
+    kept = sum(r["status"] == "kept" for r in rendered)
+    rejected = f", {len(rendered) - kept} rejected" if len(rendered) > kept else ""
+    assert f"{kept} pairs rendered ({2 * kept} images){rejected}," in html
+    # headless Chromium's narrowest window is 500 px: nothing may overflow it sideways
+    seen = open_page(page, window=(390, 844))
+    assert seen["width"] <= 500 and seen["scroll_width"] <= seen["width"], seen
+    assert seen["broken"] == [] and seen["errors"] == []

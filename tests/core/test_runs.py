@@ -169,12 +169,12 @@ def test_dataset_has_the_columns_instructpix2pix_training_reads(cli, tmp_path):
     write_recipe(tmp_path, RECIPE.format(count=6))
     assert cli("run", "recipe.yaml", plugins=["testkit"]).returncode == 0
     rows = [json.loads(line) for line in
-            (tmp_path / "runs/kill/dataset/metadata.jsonl").read_text().splitlines()]
+            (tmp_path / "runs/kill/dataset/train/metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 12
     for row in rows:
-        assert {"input_image", "edit_prompt", "edited_image", "input", "output", "seed",
-                "scores"} <= set(row)
-        assert (tmp_path / "runs/kill/dataset" / row["input_image"]).exists()
+        assert {"input_image_file_name", "edit_prompt", "edited_image_file_name", "input",
+                "output", "seed", "scores"} <= set(row)
+        assert (tmp_path / "runs/kill/dataset/train" / row["input_image_file_name"]).exists()
         assert row["scores"]["change"] >= 0.5
     manifest = json.loads((tmp_path / "runs/kill/manifest.json").read_text())
     assert manifest["stages"]["filters"]["kept"] == 12
@@ -205,14 +205,42 @@ def test_two_processes_under_accelerate_make_the_same_dataset(cli, tmp_path):
     assert any(name.startswith("shard-r01-") for name in shards)
 
     def dataset(folder):
-        rows = (folder / "runs/kill/dataset/metadata.jsonl").read_text().splitlines()
+        rows = (folder / "runs/kill/dataset/train/metadata.jsonl").read_text().splitlines()
         return [json.loads(r) for r in rows]
 
     assert dataset(two) == dataset(one)
     for row in dataset(two):
-        a = (one / "runs/kill/dataset" / row["edited_image"]).read_bytes()
-        assert (two / "runs/kill/dataset" / row["edited_image"]).read_bytes() == a
+        image = "runs/kill/dataset/train/" + row["edited_image_file_name"]
+        assert (two / image).read_bytes() == (one / image).read_bytes()
     manifest = json.loads((two / "runs/kill/manifest.json").read_text())
     assert manifest["processes"] == 2
     assert manifest["stages"]["render"]["pairs"] == 24
     assert json.loads((two / "runs/kill/train/weights.json").read_text())["examples"] == 24
+
+
+def test_stage_time_adds_up_over_the_runs_that_worked_on_it(tmp_path):
+    from editkit.runner import StageClock
+    from editkit.runs import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    run.write_stage_state("render", {"config": {"a": 1}, "complete": False, "seconds": 100.0})
+    with StageClock(run, "render", {"a": 1}, every=0.05) as clock:
+        time.sleep(0.3)
+        flushed = run.stage_state("render")["seconds"]  # written while the stage runs
+    assert 100.05 < flushed < 100.5
+    assert 100.3 <= clock.total() < 101
+    assert run.stage_state("render")["complete"] is False  # the runner marks it complete
+
+
+def test_a_resumed_run_reports_each_stages_real_time(cli, tmp_path):
+    write_recipe(tmp_path, RECIPE.format(count=30))
+    cli.cwd = tmp_path
+    done = cli("run", "recipe.yaml", plugins=["testkit"])
+    assert done.returncode == 0, done.stderr
+    manifest = tmp_path / "runs/kill/manifest.json"
+    first = {s: v["seconds"] for s, v in json.loads(manifest.read_text())["stages"].items()}
+    again = cli("run", "recipe.yaml", plugins=["testkit"])
+    assert again.returncode == 0
+    second = {s: v["seconds"] for s, v in json.loads(manifest.read_text())["stages"].items()}
+    assert all(second[s] >= first[s] > 0 for s in first), (first, second)
+    assert again.stdout.splitlines()[0].split() == ["stage", "made", "rejected", "time"]

@@ -4,7 +4,7 @@ import json
 
 from conftest import write_recipe
 
-from editkit.runs import RecordStore
+from editkit.runs import RecordStore, read_dataset
 
 RECIPE = """\
 name: f
@@ -43,8 +43,7 @@ def test_filters_count_rejects_per_criterion_and_refilter_from_cache(cli, tmp_pa
     assert len(clip_rows) == 24 and all("clip_direction" in r["scores"] for r in clip_rows)
     assert {r["criterion"] for r in clip_rows if r["status"] == "rejected"} == {"keep_top"}
 
-    rows = [json.loads(line) for line in
-            (tmp_path / "runs/f/dataset/metadata.jsonl").read_text().splitlines()]
+    rows = read_dataset(tmp_path / "runs/f").rows
     assert len(rows) == summary["kept"]
     assert {"clip_image", "dino"} <= set(rows[0]["scores"])
     by_triplet = {}

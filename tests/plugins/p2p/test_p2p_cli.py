@@ -31,7 +31,7 @@ def test_recipe_renders_pairs_with_settings_and_masks_and_resumes(cli, tmp_path)
     recipe = write_recipe(tmp_path, RECIPE)
     result = cli("run", recipe)
     assert result.returncode == 0, result.stderr
-    assert "render: pairs=6" in result.stdout
+    assert "6 pairs (12 images)" in result.stdout
     folder = tmp_path / "runs/p2p/render"
     records = [json.loads(line) for shard in sorted(folder.glob("shard-*.jsonl"))
                for line in shard.read_text().splitlines()]
@@ -44,7 +44,7 @@ def test_recipe_renders_pairs_with_settings_and_masks_and_resumes(cli, tmp_path)
         assert 0.2 <= s["self_fraction"] <= 0.8 and 7.5 <= s["guidance"] <= 15
         assert s["local_blend"] and s["words"]
     again = cli("run", recipe)
-    assert again.returncode == 0 and "render: pairs=6" in again.stdout
+    assert again.returncode == 0 and "6 pairs (12 images)" in again.stdout
     assert len(list(folder.glob("shard-*.jsonl"))) == 3
 
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from editkit.recipe import load_recipe
+from editkit.runs import read_dataset
 from editkit.testing import tiny_model
 from editkit.testing.browser import open_page
 
@@ -50,7 +51,7 @@ def test_evaluate_with_a_judge_measures_pairs_filters_and_editors(cli, tmp_path)
     data = json.loads((run / "evaluate/judge.json").read_text())
     pairs = data["pairs"]
     assert pairs["before_filters"]["pairs"] == 8  # every rendered sample is judged
-    kept = len((run / "dataset/metadata.jsonl").read_text().splitlines())
+    kept = len(read_dataset(run).rows)
     assert pairs["after_filters"]["pairs"] == kept
     verdicts = [json.loads(x) for x in (run / "evaluate/judge-pairs.jsonl").read_text()
                 .splitlines()]

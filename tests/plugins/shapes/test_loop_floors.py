@@ -12,17 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 
 # measured on the quickstart (60 triplets x 2 samples, 300 LoRA steps), BENCHMARKS.md:
-# session 15's shapes-sd, with a third of the captions leaving the places unsaid: pairs
+# the shipped shapes-sd, with a third of the captions leaving the places unsaid: pairs
 # before 0.86 (0.94 where the caption says the places, 0.67 where it does not), after 0.97,
 # precision 0.97, recall 0.77, editor 0.06 (2 of 32); without attention control pairs before
 # falls to 0.80 (the unsaid places move), and an editor of zero steps succeeds on none (this
-# test trains one step). Session 10's shapes-sd, whose captions said everything, made 0.94 /
-# 0.96 / 0.96 / 0.79 / 0.09 (0.83 without control); session 14's (a caption fixes the whole
-# picture: 1.00 with control and 0.99 without) is why captions now leave places unsaid.
+# test trains one step). The earlier shapes-sd, whose captions said everything, made 0.94 /
+# 0.96 / 0.96 / 0.79 / 0.09 (0.83 without control); a grounded one (a caption fixes the whole
+# picture: 1.00 with control and 0.99 without) is why captions now leave places unsaid
+# (docs/history/shapes-loop.md, docs/history/attention-control.md).
 # Recall is the full loop's goal (0.5; `recipes/shapes.yaml` keeps 0.79): the quickstart's
 # ~100 good pairs move it by ~0.05 from run to run, so its floor sits lower.
 # The quickstart also judges the shipped editor (shapes-edit, the full loop's) on the same 32
-# held-out edits: 0.656 (session 21).
+# held-out edits: 0.656 (docs/history/shapes-loop.md, 2026-12-04).
 FLOORS = {"pairs before": 0.82, "pairs after": 0.93, "precision": 0.93, "recall": 0.60,
           "editor": 0.03, "shipped editor": 0.5}
 MARGIN = 0.02

@@ -43,7 +43,7 @@ def test_quickstart_edit_works_out_of_the_box(cli, tmp_path):
     assert edited[place(circle[0])].colour == "blue", after
     assert after.background == before.background
     # the small yellow square keeps its colour, size and place; its kind is this editor's
-    # known weak point (kept in 3 of 8 seeds, BENCHMARKS.md): at seed 0 it turns round
+    # known weak point (kept in 2 of 8 seeds, BENCHMARKS.md): seed 0 is one of the two
     (square,) = [s for s in before.shapes if s.kind == "square"]
     kept = edited[place(square)]
     assert (kept.colour, kept.size) == (square.colour, square.size), after

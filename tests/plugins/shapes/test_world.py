@@ -177,9 +177,9 @@ def test_train_world_other_unet_architecture_has_its_own_caches_and_loads(tmp_pa
 
 
 def test_kept_cells_cover_the_kept_shape_only_and_the_shipped_vae_is_local():
-    """The mask an editor that copies what it keeps would use. The VAE shipped before session
-    10 carried the background under every shape (copying a shape's cells got 0.23 of
-    background edits right, BENCHMARKS.md session 8); the shipped one was trained local
+    """The mask an editor that copies what it keeps would use. The VAE shipped before
+    2026-11-24 carried the background under every shape (copying a shape's cells got 0.23 of
+    background edits right, docs/history/shapes-models.md); the shipped one was trained local
     (`train_world --locality-steps 2000`): copying what an edit keeps decodes right."""
     from diffusers import AutoencoderKL
 

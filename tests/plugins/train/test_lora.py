@@ -301,10 +301,11 @@ def grounding_of(final, pair_folder):
     from editkit.diffusion.grounding import AttentionRecorder, attention_inside_loss, change_masks
     from editkit.diffusion.localize import instruction_words
     from editkit.editmodel import load_edit_pipeline
+    from editkit.runs import read_dataset
 
     pipe, _ = load_edit_pipeline(final, device="cpu")
-    row = json.loads((pair_folder / "metadata.jsonl").read_text().splitlines()[0])
-    pixels = [torch.from_numpy(np.asarray(Image.open(pair_folder / row[k]).convert("RGB"),
+    row = read_dataset(pair_folder).rows[0]
+    pixels = [torch.from_numpy(np.asarray(Image.open(row[k]).convert("RGB"),
                                           dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
               for k in ("input_image", "edited_image")]
     with torch.no_grad():

@@ -26,8 +26,8 @@ def test_held_out_rows_are_not_trained_on(tmp_path):
 
 def test_broken_rows_are_skipped_with_a_reason(tmp_path):
     folder = make_pairs(tmp_path / "d", count=2)
-    (folder / "images" / "001-after.png").write_bytes(b"not a png")
-    with open(folder / "metadata.jsonl", "a") as handle:
+    (folder / "train" / "images" / "001-after.png").write_bytes(b"not a png")
+    with open(folder / "train" / "metadata.jsonl", "a") as handle:
         handle.write(json.dumps({"id": "x", "edit_prompt": "hi"}) + "\n")
     train, _, problems = read_pair_rows(folder)
     assert [r.id for r in train] == ["000000-0"]
