@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from editkit.recipe import load_recipe
-from editkit.runner import run_recipe
+from editkit.run.recipe import load_recipe
+from editkit.run.runner import run_recipe
 from editkit.testing.llmserver import ServerProcess
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 
 def make_pairs(out: Path, count: int, seed: int, edits: list[str], max_shapes: int) -> None:
-    from editkit_shapes.captions import ShapesCaptions, ShapesOptions, scene_from_dict
-    from editkit_shapes.world import draw
+    from editkit.builtins.shapes.captions import ShapesCaptions, ShapesOptions, scene_from_dict
+    from editkit.builtins.shapes.world import draw
 
     generator = ShapesCaptions(ShapesOptions(edits=edits, max_shapes=max_shapes))
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -50,9 +50,9 @@ def make_pairs(out: Path, count: int, seed: int, edits: list[str], max_shapes: i
 def judge(models: list[str], args: argparse.Namespace) -> None:
     import torch
 
-    from editkit.evalsettings import EvalSettings
-    from editkit.judging import dataset_prompts, held_out_cases, judge_editors
-    from editkit_shapes.judge import ShapesJudge
+    from editkit.builtins.shapes.judge import ShapesJudge
+    from editkit.evaluation.judging import dataset_prompts, held_out_cases, judge_editors
+    from editkit.evaluation.settings import EvalSettings
 
     torch.set_num_threads(args.threads)
     judge_plugin = ShapesJudge()

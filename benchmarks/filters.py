@@ -19,7 +19,7 @@ from typing import Any
 
 def pairs_per_second(cls: Any, options: dict[str, Any], pairs: list[dict[str, Any]],
                      cache: Path | None) -> tuple[float, dict[str, Any]]:
-    from editkit.kinds import FilterJob
+    from editkit.plugin.kinds import FilterJob
 
     plugin = cls(cls.Options(**options))
     # load the model outside the clock: both modes pay it once
@@ -41,10 +41,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
+    from editkit.builtins.clip import ClipFilter
+    from editkit.builtins.dino import DinoFilter
     from editkit.models import pick_device
     from editkit.testing.pairs import synthetic_pairs
-    from editkit_clip import ClipFilter
-    from editkit_dino import DinoFilter
 
     passing = dict(min_text=-1, min_direction=-1, min_image=-1, keep_top=None)
     filters = [("clip", ClipFilter, {"model": args.clip, **passing}),
@@ -53,7 +53,7 @@ def main() -> None:
         pairs = synthetic_pairs(Path(tmp) / "img", args.pairs // 2, samples=2, size=args.size)
         print(f"{len(pairs)} pairs of {args.size}x{args.size}, device "
               f"{pick_device(args.device)}, batch {args.batch_size}\n")
-        print(f"| filter | mode | pairs/s | x one at a time |\n|---|---|---:|---:|")
+        print("| filter | mode | pairs/s | x one at a time |\n|---|---|---:|---:|")
         for name, cls, options in filters:
             options = {**options, "device": args.device}
             cache = Path(tmp) / f"cache-{name}"

@@ -1,7 +1,7 @@
 """What judging costs: seconds per held-out case for diffusers' own
 `StableDiffusionInstructPix2PixPipeline` call on the shapes judge's held-out images (the
 baseline; a LoRA editor loaded by `load_lora_weights` and left unfused, diffusers' default)
-against `editkit.judging.judge_editors` (the same edits through the evaluate stage's loading
+against `editkit.evaluation.judging.judge_editors` (the same edits through the evaluate stage's loading
 and batching, which merges a LoRA into the base weights, plus the oracle's verdict and the
 saved PNG), and seconds per rendered pair for the oracle's pair verdict, all measured
 interleaved in one run, with ratios.
@@ -35,12 +35,12 @@ def main() -> None:
 
     import torch
 
-    from editkit.editmodel import load_edit_pipeline
-    from editkit.evalsettings import EvalSettings
-    from editkit.judging import judge_editors
-    from editkit_shapes.captions import scene_from_dict
-    from editkit_shapes.judge import ShapesJudge
-    from editkit_shapes.world import draw
+    from editkit.builtins.shapes.captions import scene_from_dict
+    from editkit.builtins.shapes.judge import ShapesJudge
+    from editkit.builtins.shapes.world import draw
+    from editkit.evaluation.judging import judge_editors
+    from editkit.evaluation.settings import EvalSettings
+    from editkit.models.editors import load_edit_pipeline
 
     torch.set_num_threads(args.threads)
     judge = ShapesJudge()

@@ -25,8 +25,11 @@ INSTRUCTION = "turn the red car into a blue bus"
 
 def ip2p_sized(folder: Path) -> str:
     """render.py's SD 1.5-shaped pipeline with an InstructPix2Pix UNet (8 input channels)."""
-    from diffusers import (StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        StableDiffusionInstructPix2PixPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     sys.path.insert(0, str(Path(__file__).parent))
     from render import sd_sized
@@ -55,7 +58,7 @@ def main() -> None:
     from PIL import Image
 
     from editkit.diffusion.localize import edit_with_maps, instruction_words, localize_mask
-    from editkit.editmodel import load_edit_pipeline
+    from editkit.models.editors import load_edit_pipeline
 
     torch.set_num_threads(args.threads)
     model = ip2p_sized(Path(tempfile.mkdtemp())) if args.sd_sized else args.model

@@ -24,9 +24,9 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from editkit.builtins.shapes.oracle import read_scene
     from editkit.models import load
-    from editkit_shapes.eval_world import eval_scenes, pairing, sample
-    from editkit_shapes.oracle import read_scene
+    from tools.shapes.eval_world import eval_scenes, pairing, sample
 
     torch.set_num_threads(args.threads)
     pipe = load(StableDiffusionPipeline, args.model, "text-to-image model")

@@ -28,8 +28,12 @@ LONGER = "a photo of a blue car and a small tree on a quiet street"
 def sd_sized(folder: Path) -> str:
     """A Stable Diffusion 1.5-shaped pipeline with random weights, saved to `folder`."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from editkit.testing import build_tiny_tokenizer
@@ -93,8 +97,8 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     from editkit.diffusion.renderer import PairRenderer
-    from editkit.kinds import RenderJob
-    from editkit.plugins import registry
+    from editkit.plugin.kinds import RenderJob
+    from editkit.plugin.registry import registry
 
     torch.set_num_threads(args.threads)
     model = sd_sized(Path(tempfile.mkdtemp())) if args.sd_sized else args.model

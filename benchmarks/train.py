@@ -35,11 +35,15 @@ CONFIGS = {
 def build_sd15_shaped(path: Path) -> Path:
     """An InstructPix2Pix pipeline with Stable Diffusion 1.5's shapes and random weights."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from editkit.testing.tiny import build_tiny_tokenizer
+    from editkit.models.tiny import build_tiny_tokenizer
 
     if (path / "model_index.json").exists():
         return path
@@ -69,8 +73,8 @@ def build_sd15_shaped(path: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> None:
     """One configuration, in its own process; prints its result as JSON."""
-    from editkit.kinds import TrainJob
-    from editkit.plugins import registry
+    from editkit.plugin.kinds import TrainJob
+    from editkit.plugin.registry import registry
     from editkit.testing.pairs import make_pair_dataset
 
     use, extra = CONFIGS[args.worker]

@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .edit import DEFAULT_GUIDANCE
-from .errors import EditkitError
-from .recipe import STAGES
+from editkit import __version__
+from editkit.editing import DEFAULT_GUIDANCE
+from editkit.errors import EditkitError
+from editkit.models.editors import DEFAULT_EDIT_MODEL
+from editkit.run.recipe import STAGES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +32,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(as_json: bool) -> None:
     """List installed plugins and the model folders they ship: name, kind, package, version."""
-    from .plugins import registry
+    from editkit.plugin.registry import registry
 
     reg = registry()
     rows = [{"name": p.name, "kind": p.kind, "package": p.package,
@@ -61,8 +62,8 @@ def recipes_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def recipes_list_command(as_json: bool) -> None:
     """List the built-in recipes (what each makes and needs) and domain packs."""
-    from .builtin_recipes import builtin_recipes
-    from .domain import builtin_pack_names, find_pack
+    from editkit.captions.packs import builtin_pack_names, find_pack
+    from editkit.run.builtin_recipes import builtin_recipes
 
     recipes = builtin_recipes()
     packs = {name: find_pack(name) for name in builtin_pack_names()}
@@ -96,7 +97,7 @@ def recipes_list_command(as_json: bool) -> None:
 def recipes_copy_command(name: str, dest: str | None, force: bool) -> None:
     """Copy built-in recipe NAME to DEST (default ./NAME.yaml) to edit, with the sample
     inputs it names (under ./recipes/data/, where its paths point from here)."""
-    from .builtin_recipes import copy_recipe
+    from editkit.run.builtin_recipes import copy_recipe
 
     written = copy_recipe(name, dest, force=force)
     for path in written:
@@ -110,7 +111,7 @@ def recipes_copy_command(name: str, dest: str | None, force: bool) -> None:
 def validate_command(recipe_file: str, overrides: tuple[str, ...]) -> None:
     """Validate RECIPE_FILE or a built-in recipe's name (with optional key.path=value
     overrides) and print it resolved."""
-    from .recipe import load_recipe
+    from editkit.run.recipe import load_recipe
 
     recipe = load_recipe(recipe_file, list(overrides))
     _print_resolved(recipe)
@@ -126,9 +127,11 @@ def _print_resolved(recipe: Any) -> None:
 @cli.command(name="run")
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--dry-run", is_flag=True, help="Validate and print the resolved recipe; run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate and print the resolved recipe; run nothing.")
 @click.option("--fresh", is_flag=True,
-              help="Discard the stages the changed recipe invalidates (all, if none) and redo them.")
+              help="Discard the stages the changed recipe invalidates (all, if none) and "
+                   "redo them.")
 @click.option("--only", type=click.Choice(STAGES), help="Run just this stage.")
 def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fresh: bool,
                 only: str | None) -> None:
@@ -136,18 +139,18 @@ def run_command(recipe_file: str, overrides: tuple[str, ...], dry_run: bool, fre
 
     Overrides like render.options.steps=30 win over the file (values parse as YAML).
     """
-    from .recipe import load_recipe
+    from editkit.run.recipe import load_recipe
 
     recipe = load_recipe(recipe_file, list(overrides))
     if dry_run:
         _print_resolved(recipe)
         return
-    from .runner import run_recipe
+    from editkit.run.runner import run_recipe
 
     summaries = run_recipe(recipe, fresh=fresh, only=only)
     if os.environ.get("RANK", "0") != "0":
         return  # under accelerate launch the main process reports
-    from .console import print_evaluation, print_summary
+    from editkit.console import print_evaluation, print_summary
 
     print_summary(summaries)
     if summaries.get("evaluate", {}).get("models"):
@@ -187,7 +190,7 @@ def _model_reference(ctx: Any, param: Any, value: str | None) -> str | None:
     the inputs are read and torch loads. --base (a LoRA's) may be either kind."""
     if value is None:
         return value
-    from .models import reference_problem
+    from editkit.models import reference_problem
 
     problem = reference_problem(value, "edit" if param.name == "base" else "editor")
     if problem:
@@ -224,7 +227,7 @@ GUIDANCE_HELP = ("[default: the model's recommendation (a trained editor's "
 
 @cli.command(name="edit", context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1, required=True, metavar="IMAGE... INSTRUCTION")
-@click.option("--model", default="timbrooks/instruct-pix2pix", show_default=True,
+@click.option("--model", default=DEFAULT_EDIT_MODEL, show_default=True,
               callback=_model_reference,
               help="Hub id, local diffusers folder, run folder, or LoRA .safetensors file.")
 @click.option("--base", default=None, callback=_model_reference,
@@ -277,7 +280,7 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
     if not localize and (localize_words or localize_threshold != "otsu"):
         raise click.UsageError("--localize-words and --localize-threshold need --localize")
     cut = _threshold(localize_threshold)
-    from .edit import EditSettings, UnreadableImages, run_edits
+    from editkit.editing import EditSettings, UnreadableImages, run_edits
 
     settings = EditSettings(instruction=args[-1], steps=steps, guidance=guidance,
                             image_guidance=image_guidance, seed=seed, variations=variations,
@@ -341,9 +344,14 @@ def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | N
 
     from pydantic import ValidationError
 
-    from .errors import InputError
-    from .evalsettings import EvalSettings
-    from .evaluate import evaluate_models, load_rows, markdown_table, write_results
+    from editkit.errors import InputError
+    from editkit.evaluation.evaluate import (
+        evaluate_models,
+        load_rows,
+        markdown_table,
+        write_results,
+    )
+    from editkit.evaluation.settings import EvalSettings
 
     given = {k: v for k, v in options.items() if v is not None}
     try:
@@ -358,7 +366,7 @@ def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | N
                          "choose another --split (or --split all)")
     is_run = Path(source["dataset"]) == (Path(dataset) / "dataset").resolve()
     folder = Path(out) if out else (Path(dataset) / "evaluate" if is_run else Path("eval"))
-    from .outputs import folder_problem
+    from editkit.run.outputs import folder_problem
 
     unwritable = folder_problem(folder, "--out" if out else "output folder")
     if unwritable:  # found now, not when the results are saved after every model has run
@@ -378,15 +386,15 @@ def eval_command(dataset: str, models: tuple[str, ...], split: str, out: str | N
 def report_command(run: str, out: str | None, thumb_size: int) -> None:
     """Write a static HTML report of RUN: pairs, captions, scores, rejects, statistics,
     evaluation and training samples, with thumbnails so thousands of pairs open fast."""
-    from .report import write_report
+    from editkit.report import write_report
 
     page = write_report(run, out, thumb_size=thumb_size)
     click.echo(str(page))
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .plugins import register_commands, registry
-    from .quiet import quiet_libraries
+    from editkit.console import quiet_libraries
+    from editkit.plugin.registry import register_commands, registry
 
     quiet_libraries()
     debug = os.environ.get("EDITKIT_DEBUG", "") not in ("", "0")

@@ -5,13 +5,18 @@ training loss). When stderr is not a terminal (nohup, CI, `| tee log`), each tas
 plain line instead: one when it starts, one at a steady interval while it runs
 (`EDITKIT_PROGRESS_EVERY` seconds, default 30) and one when it ends, so a log shows how far
 the run got and how long it has left.
+
+It also keeps the model libraries' advisory chatter (their own progress bars, deprecation
+notices, optional backend notices) off the user's terminal; `EDITKIT_DEBUG=1` leaves it on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TextIO
 
@@ -167,9 +172,15 @@ def progress_bars(enabled: bool | None = None) -> Iterator[Progress]:
         yield Progress(None, plain=True, interval=progress_interval())
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                               ProgressColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
     from rich.text import Text
 
     class FieldsColumn(ProgressColumn):
@@ -263,3 +274,29 @@ def print_evaluation(summary: dict[str, Any], stream: TextIO | None = None) -> N
     for row in [head, *rows]:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths))), file=stream)
+
+def quiet_libraries() -> None:
+    """Call before the libraries are imported: several of them log while importing."""
+    if os.environ.get("EDITKIT_DEBUG", "") not in ("", "0"):
+        return
+    for key, value in {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                       "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                       "TF_CPP_MIN_LOG_LEVEL": "3"}.items():
+        os.environ.setdefault(key, value)
+    for name in ("bitsandbytes", "transformers", "diffusers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("diffusers", "transformers", "torch", "peft", "accelerate"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
+def quiet_progress_bars() -> None:
+    """diffusers and transformers draw their own loading bars; editkit draws its own."""
+    if os.environ.get("EDITKIT_DEBUG", "") not in ("", "0"):
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

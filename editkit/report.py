@@ -17,11 +17,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .runs import RecordStore, atomic_write_text
+from editkit.errors import InputError
+from editkit.run.folder import IMAGE_SUFFIXES, RecordStore, atomic_write_text, filter_folders
+from editkit.run.recipe import STAGES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-PIPELINE = ("captions", "render", "filters", "train", "evaluate")
+PIPELINE = STAGES
 EVAL_EXAMPLES = 12
 TRAIN_SAMPLES = 64
 JPEG_QUALITY = 65
@@ -153,12 +153,7 @@ def _json(path: Path) -> Any:
 
 def _filter_records(run: Path) -> list[tuple[str, dict[str, dict[str, Any]]]]:
     """[(folder name like 0-clip, {pair id: record})] in the order the filters ran."""
-    folder = run / "filters"
-    if not folder.is_dir():
-        return []
-    found = [d for d in folder.iterdir() if d.is_dir() and d.name.split("-", 1)[0].isdigit()]
-    found.sort(key=lambda d: int(d.name.split("-", 1)[0]))
-    return [(d.name, {r["id"]: r for r in RecordStore(d).read()}) for d in found]
+    return [(d.name, {r["id"]: r for r in RecordStore(d).read()}) for d in filter_folders(run)]
 
 
 def _splits(run: Path) -> dict[str, str]:
@@ -168,7 +163,7 @@ def _splits(run: Path) -> dict[str, str]:
 
 def _dataset_rows(folder: Path) -> dict[str, dict[str, Any]]:
     """{pair id: row} of the dataset in `folder`, in either layout (image paths absolute)."""
-    from .runs import is_dataset, read_dataset
+    from editkit.run.folder import is_dataset, read_dataset
 
     return ({str(r["id"]): r for r in read_dataset(folder).rows}
             if is_dataset(folder) else {})
@@ -178,7 +173,7 @@ def _overview(manifest: dict[str, Any], pairs: list[dict[str, Any]],
               filters: list[tuple[str, dict[str, Any]]]) -> str:
     """The stages in the order data flows through them: what each made, its rejects by
     reason, and the time it took over every run that worked on it."""
-    from .console import duration, made_text, rejects_text
+    from editkit.console import duration, made_text, rejects_text
 
     stages = manifest.get("stages", {})
     order = [s for s in PIPELINE if s in stages] + [s for s in stages if s not in PIPELINE]
@@ -278,7 +273,7 @@ def _judged(run: Path, thumbs: Thumbnails) -> str:
     data = _json(run / "evaluate" / "judge.json")
     if not isinstance(data, dict) or "pairs" not in data:
         return ""
-    from .judging import judge_rows
+    from editkit.evaluation.judging import judge_rows
 
     rows = "".join(f"<tr><td>{esc(a)}</td><td class=num>{esc(b)}</td><td>{esc(c)}</td></tr>"
                    for a, b, c in judge_rows(data))

@@ -58,7 +58,7 @@ def plugin_sites(tmp_path_factory):
     for name, path in {"testkit": FIXTURES / "editkit-testkit",
                        "broken": FIXTURES / "editkit-broken",
                        "dupe": FIXTURES / "editkit-dupe",
-                       "csv": ROOT / "docs" / "plugin-example"}.items():
+                       "csv": ROOT / "plugins" / "editkit-csv"}.items():
         site = root / name
         pip_install_target(path, site)
         sites[name] = site
@@ -94,9 +94,3 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path, plugin_sites):
     return Cli(tmp_path, plugin_sites)
-
-
-def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path

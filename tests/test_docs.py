@@ -22,7 +22,7 @@ FIX = "run python tools/gen_docs.py"
 # them. A new option must come with a description; when one of these gains its
 # description, take it off this list.
 UNDESCRIBED = {
-    "editkit.llm.LLMOptions": {"temperature", "max_backoff"},
+    "editkit.captions.llm.LLMOptions": {"temperature", "max_backoff"},
     "caption-generator:openai": {"moderation_model"},
     "caption-generator:template": {"subjects", "attributes", "edits", "max_objects"},
     "editkit.diffusion.renderer.PairOptions": {"steps", "width", "height", "negative_prompt",
@@ -34,7 +34,7 @@ UNDESCRIBED = {
         "weight_decay", "max_grad_norm", "mixed_precision", "gradient_checkpointing", "ema",
         "ema_decay", "random_flip", "checkpoint_every", "validation_images",
         "validation_inference_steps"},
-    "editkit.training.edit.EditOptions": {"text_dropout", "image_dropout", "both_dropout"},
+    "editkit.training.editor.EditOptions": {"text_dropout", "image_dropout", "both_dropout"},
     "trainer:lora": {"rank", "lora_dropout", "target_modules", "text_encoder_modules"},
     "trainer:instruct-pix2pix": {"learning_rate"},
     "trainer:dreambooth": {
@@ -71,7 +71,7 @@ def test_generated_tables_match_the_code():
 
 
 def test_every_hook_has_a_section_in_plugins_md():
-    from editkit import hookspecs
+    from editkit.plugin import hookspecs
 
     hooks = sorted(name for name, value in vars(hookspecs).items()
                    if callable(value) and hasattr(value, "editkit_spec"))

@@ -50,7 +50,7 @@ class Region:
 
 def pages(root: Path = ROOT) -> list[Path]:
     """The pages that may hold generated tables: README.md and docs/ (not the plugin example)."""
-    docs = sorted(p for p in (root / "docs").rglob("*.md") if "plugin-example" not in p.parts)
+    docs = sorted(p for p in (root / "docs").rglob("*.md") if "plugins" not in p.parts)
     return [root / "README.md", *docs]
 
 
@@ -59,7 +59,7 @@ def pages(root: Path = ROOT) -> list[Path]:
 
 def builtin_plugins() -> dict[str, Any]:
     """`kind:name` -> plugin class, for every plugin the editkit distribution registers."""
-    from editkit.plugins import registry
+    from editkit.plugin.registry import registry
 
     return {f"{info.kind.replace(' ', '-')}:{info.name}": info.cls
             for info in registry().plugins.values() if info.builtin}

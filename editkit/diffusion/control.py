@@ -4,8 +4,9 @@ A controller decides, per layer and step, whether it controls the layer (`wants`
 then does the processor hand queries, keys and values to the controller's `attend`, which
 materialises probabilities (`softmax(q k^T)`) only where it must read or change them in a
 way the fused kernel cannot express; everywhere else the processor calls the fused
-`F.scaled_dot_product_attention`, exactly as diffusers' `AttnProcessor2_0` does. Layer geometry (the map size of each layer) is derived from the
-latents of the current call, never hard-coded, so any resolution and aspect ratio works.
+`F.scaled_dot_product_attention`, exactly as diffusers' `AttnProcessor2_0` does. Layer
+geometry (the map size of each layer) is derived from the latents of the current call, never
+hard-coded, so any resolution and aspect ratio works.
 
 Third-party renderers subclass `AttentionController` and wrap their sampling in
 `attention_control(unet, controller)`, which restores the original processors on exit, also

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .control import AttentionController, Layer
+from editkit.diffusion.control import AttentionController, Layer
 
 
 class AttentionRecorder(AttentionController):

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
-from .alignment import STOPWORDS, _norm, word_weights
-from .control import Layer, attention_control, attention_probs, fused
-from .masks import attention_heat, otsu_threshold
-from .word_maps import WordMaps, map_factor
+from editkit.diffusion.alignment import STOPWORDS, _norm, word_weights
+from editkit.diffusion.control import Layer, attention_control, attention_probs, fused
+from editkit.diffusion.masks import attention_heat, otsu_threshold
+from editkit.diffusion.word_maps import WordMaps, map_factor
+from editkit.errors import InputError
 
 # Words of an instruction that say what to do or refer back, not where: never localized.
 EDIT_WORDS = frozenset(

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from editkit.errors import InputError
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,8 @@ def otsu_threshold(values: torch.Tensor, bins: int = 64) -> float:
     weight = hist.cumsum(0)
     mean = (hist * centers).cumsum(0)
     total, total_mean = weight[-1], mean[-1]
-    between = (total_mean * weight - total * mean) ** 2 / (weight * (total - weight)).clamp_min(1e-12)
+    spread = (weight * (total - weight)).clamp_min(1e-12)
+    between = (total_mean * weight - total * mean) ** 2 / spread
     return float(centers[int(between[:-1].argmax())])
 
 

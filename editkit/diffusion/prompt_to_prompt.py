@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .control import AttentionController, Layer, attention_probs, fused
-from .word_maps import WordMaps
+from editkit.diffusion.control import AttentionController, Layer, attention_probs, fused
+from editkit.diffusion.word_maps import WordMaps
 
 
 class PromptToPrompt(AttentionController):

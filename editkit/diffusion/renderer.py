@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from pydantic import Field, field_validator, model_validator
 
-from ..kinds import PluginOptions, Reject, Renderer, RenderJob
+from editkit.plugin.kinds import PluginOptions, Reject, Renderer, RenderJob
 
 
 class PairOptions(PluginOptions):
@@ -42,7 +42,7 @@ class PairOptions(PluginOptions):
 
     @model_validator(mode="after")
     def _check(self) -> "PairOptions":
-        from .schedulers import SCHEDULERS
+        from editkit.diffusion.schedulers import SCHEDULERS
 
         if self.guidance[0] > self.guidance[1]:
             raise ValueError("guidance: the range's low end is above its high end")
@@ -95,7 +95,7 @@ class PairRenderer(Renderer):
         if self._pipe is None:
             from diffusers import StableDiffusionPipeline
 
-            from ..models import load, pick_device, pick_dtype
+            from editkit.models import load, pick_device, pick_dtype
 
             device = pick_device(self.options.device)
             pipe = load(StableDiffusionPipeline, self.options.model, "Stable Diffusion model",
@@ -156,7 +156,7 @@ class PairRenderer(Renderer):
     def _render_samples(self, samples: list[Sample]) -> Iterator[dict[str, Any] | Reject]:
         import torch
 
-        from .sampling import decode, to_pil
+        from editkit.diffusion.sampling import decode, to_pil
 
         pipe = self.pipeline()
         before, after, masks = self.sample(pipe, samples)

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from .control import AttentionController, attention_control
-from .schedulers import make_scheduler
+from editkit.diffusion.control import AttentionController, attention_control
+from editkit.diffusion.schedulers import make_scheduler
 
 # latent_hook(step, before, after) -> after: runs after every scheduler step.
 LatentHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]

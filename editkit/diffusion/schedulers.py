@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ModelError
+from editkit.errors import ModelError
 
 SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",

@@ -13,8 +13,7 @@ import math
 
 import torch
 
-from .control import AttentionController, Layer, attention_probs, fused
-
+from editkit.diffusion.control import AttentionController, Layer, attention_probs, fused
 
 MAP_SIDE = 16  # Prompt-to-Prompt's local blend reads 16x16 maps (64x64 latents at 512 px)
 

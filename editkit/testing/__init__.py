@@ -4,7 +4,7 @@ Everything here is built offline from random weights and saved with `save_pretra
 loading goes through the same `from_pretrained` code a hub id would.
 """
 
-from .tiny import (  # noqa: F401
+from editkit.models.tiny import (
     build_tiny_clip,
     build_tiny_dinov2,
     build_tiny_ip2p,
@@ -13,3 +13,6 @@ from .tiny import (  # noqa: F401
     sharpen_attention,
     tiny_model,
 )
+
+__all__ = ["build_tiny_clip", "build_tiny_dinov2", "build_tiny_ip2p", "build_tiny_sd",
+           "build_tiny_tokenizer", "sharpen_attention", "tiny_model"]

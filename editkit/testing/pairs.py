@@ -72,8 +72,14 @@ def synthetic_run(folder: str | Path, triplets: int, samples: int = 2, size: int
     dataset tests at the scale of real runs."""
     import os
 
-    from ..runs import DATASET, RecordStore, atomic_write_json, write_dataset_folder
-    from ..stages import split_of
+    from editkit.run.folder import (
+        DATASET,
+        RecordStore,
+        atomic_write_json,
+        filter_folder,
+        write_dataset_folder,
+    )
+    from editkit.run.stages import split_of
 
     folder = Path(folder)
     images = folder / "render" / "images"
@@ -109,7 +115,7 @@ def synthetic_run(folder: str | Path, triplets: int, samples: int = 2, size: int
                             "seed": pair["settings"]["seed"],
                             "split": split_of(pair["triplet_id"], held_out)})
     RecordStore(folder / "render").append(render)
-    RecordStore(folder / "filters" / "0-clip").append(scored)
+    RecordStore(folder / filter_folder(0, "clip")).append(scored)
     write_dataset_folder(folder / DATASET, dataset, "synthetic: edit pairs")
     kept = sum(r["status"] == "kept" for r in scored)
     atomic_write_json(folder / "manifest.json", {
@@ -135,7 +141,7 @@ def make_pair_dataset(folder: str | Path, count: int = 4, size: tuple[int, int] 
 
     from PIL import Image, ImageDraw
 
-    from ..runs import write_dataset_folder
+    from editkit.run.folder import write_dataset_folder
 
     folder = Path(folder)
     with tempfile.TemporaryDirectory() as staging:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from editkit.errors import InputError
-from editkit.runs import read_dataset
+from editkit.run.folder import read_dataset
 
 COLUMNS = ("input_image", "edit_prompt", "edited_image")
 
@@ -31,7 +31,7 @@ class Row:
 
 
 def read_pair_rows(folder: Path) -> tuple[list[Row], list[Row], list[str]]:
-    """(train rows, held-out rows, problems) of a dataset in either layout (`editkit.runs`
+    """(train rows, held-out rows, problems) of a dataset in either layout (`editkit.run.folder`
     reads it), or of a run folder's. Rows whose `split` is "test" are held out."""
     from PIL import Image
 

@@ -10,8 +10,8 @@ that `load_lora_weights` reads.
 Why: a LoRA's factors cost two more matrix products a layer, forward and backward. On a small
 UNet whose layers are no wider than the rank (the shapes world's: 32 and 64 channels) the
 factors buy no saving in trained parameters and cost ~30% more time a step than training the
-difference itself (docs/history/training-speed.md, 2026-12-03). Weight decay acts on D, as it would on the
-factors, never on the base weights.
+difference itself (docs/history/training-speed.md, 2026-12-03). Weight decay acts on D, as
+it would on the factors, never on the base weights.
 """
 
 from __future__ import annotations

@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from editkit.errors import RunError
-
-from . import checkpoint, memory
-from .ema import EMA
-from .optim import make_optimizer, make_scheduler
-
+from editkit.training import checkpoint, memory
+from editkit.training.ema import EMA
+from editkit.training.optim import make_optimizer, make_scheduler
 
 STAT_KEYS = ("steps", "optimizer", "mixed_precision", "last_loss", "memory_estimate_gib",
              "peak_memory_gib", "seconds_per_step")
@@ -80,7 +78,7 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
 
     from accelerate.state import AcceleratorState, PartialState
 
-    from editkit.distributed import uses_cpu
+    from editkit.run.distributed import uses_cpu
 
     # accelerate keeps one AcceleratorState per process; a second training in the same process
     # (the library API, benchmarks, tests) may ask for another precision. The process group

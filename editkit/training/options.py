@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from editkit.kinds import PluginOptions
+from editkit.plugin.kinds import PluginOptions
 
 Optimizer = Literal["adamw", "adamw8bit", "paged-adamw8bit"]
 

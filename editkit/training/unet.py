@@ -1,14 +1,16 @@
 """Load the parts of a Stable Diffusion / InstructPix2Pix checkpoint, and make the 8-channel
-UNet InstructPix2Pix needs from a plain 4-channel one (`editkit.editmodel.widen_conv_in`)."""
+UNet InstructPix2Pix needs from a plain 4-channel one (`editkit.models.editors.widen_conv_in`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from editkit.editmodel import widen_conv_in  # noqa: F401  (the one widening, shared)
-from editkit.editmodel import with_prediction_type  # noqa: F401  (shared with the loader)
 from editkit.models import ModelRef, load, resolve
+from editkit.models.editors import (
+    widen_conv_in,  # noqa: F401  (the one widening, shared)
+    with_prediction_type,  # noqa: F401  (shared with the loader)
+)
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Components:
 def load_components(base: str, *, edit: bool = True, conv_in_init: str = "zeros"
                     ) -> Components:
     """Every part through `from_pretrained`; `edit` makes sure the UNet takes 8 channels
-    (widened with `conv_in_init`, `editkit.editmodel.widen_conv_in`)."""
+    (widened with `conv_in_init`, `editkit.models.editors.widen_conv_in`)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

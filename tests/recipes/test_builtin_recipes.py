@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from editkit.builtin_recipes import recipes_root
 from editkit.models import HUB_ID
+from editkit.run.builtin_recipes import recipes_root
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from editkit.recipe import load_recipe
+from editkit.run.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -18,8 +18,8 @@ def test_there_are_the_workflow_recipes():
 def load_here(path):
     """The recipe as validated on this machine: where it trains in fp16 and there is no GPU,
     that one setting is refused (and nothing else), so it is checked with bf16 instead."""
-    from editkit.distributed import uses_cpu
     from editkit.errors import RecipeError
+    from editkit.run.distributed import uses_cpu
 
     try:
         return load_recipe(path)
