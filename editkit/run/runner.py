@@ -143,6 +143,12 @@ def run_recipe(recipe: Recipe, *, fresh: bool = False, only: str | None = None,
                     run.update_manifest(stages={stage: summary},
                                         processes=dist.world)
                 summaries[stage] = summary
+        if dist.is_main and ctx.report_due:
+            # the tables with the pictures, as `editkit report RUN` writes them, once every
+            # stage's summary is in the manifest
+            from editkit.report import write_report
+
+            write_report(run.path)
         return summaries
 
 

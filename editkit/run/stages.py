@@ -38,6 +38,7 @@ class StageContext:
     run: RunFolder
     progress: Any  # editkit.console.Progress-like: add(label, total) -> update(n)
     dist: Dist = field(default_factory=Dist)
+    report_due: bool = False  # a stage measured something new: the runner rewrites the report
 
 
 def stage_config(recipe: Recipe, stage: str) -> dict[str, Any]:
@@ -376,10 +377,7 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
 
     assert ctx.recipe.model.evaluate is not None
     summary, changed = evaluate_run(ctx.run, ctx.recipe, ctx.progress)
-    if changed:  # the tables with the pictures, as `editkit report RUN` writes them
-        from editkit.report import write_report
-
-        write_report(ctx.run.path)
+    ctx.report_due = ctx.report_due or changed
     return summary
 
 
