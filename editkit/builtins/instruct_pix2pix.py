@@ -31,7 +31,8 @@ class InstructPix2PixTrainer(Trainer):
         from editkit.training.editor import EditTask
 
         task = EditTask(self.options, job.dataset_dir, job.output_dir, job.seed)
-        return loop.run(task, self.options, job.output_dir, job.seed, job.stats)
+        return loop.run(task, self.options, job.output_dir, job.seed, job.stats,
+                        progress=job.progress)
 
 
 @hookimpl

@@ -55,7 +55,8 @@ class LoraTrainer(Trainer):
 
         task = EditTask(self.options, job.dataset_dir, job.output_dir, job.seed,
                         lora=self.options)
-        return loop.run(task, self.options, job.output_dir, job.seed, job.stats)
+        return loop.run(task, self.options, job.output_dir, job.seed, job.stats,
+                        progress=job.progress)
 
 
 @hookimpl

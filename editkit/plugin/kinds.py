@@ -168,6 +168,9 @@ class TrainJob:
     output_dir: Path
     seed: int
     stats: dict[str, Any] = field(default_factory=dict)
+    # the run's progress display (`editkit.console.Progress`): `add("train", total=steps,
+    # completed=resumed_step)`, then `update(step, loss=...)`; None outside a run
+    progress: Any = None
 
 
 class Trainer(Plugin):

@@ -364,7 +364,7 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
                            "run the render and filters stages first")
     trainer = ctx.recipe.plugins["train"].create()
     job = TrainJob(dataset_dir=dataset, output_dir=ctx.run.stage_dir("train"),
-                   seed=ctx.recipe.model.seed)
+                   seed=ctx.recipe.model.seed, progress=ctx.progress)
     result = trainer.train(job)
     return {"result": result, "stats": job.stats}
 

@@ -1,8 +1,8 @@
 """Checkpoints: written to a temporary folder and renamed into place, the last N kept.
 
 A checkpoint holds the trained parameters (safetensors), the optimizer and scheduler state,
-the EMA weights, the step, and every process's random state — everything needed for a
-resumed run to continue exactly as an uninterrupted one would.
+the EMA weights, fp16's loss scale, the step, and every process's random state — everything
+needed for a resumed run to continue exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(folder: Path, step: int, *, params: dict[str, Any], optimizer: Any, scheduler: Any,
-         ema: Any, extra: dict[str, Any], accelerator: Any, keep: int) -> Path:
+         ema: Any, extra: dict[str, Any], accelerator: Any, keep: int,
+         scaler: Any = None) -> Path:
     """Every process writes its random state; the main process writes the rest, then renames
     the temporary folder into place and prunes old checkpoints."""
     import torch
@@ -70,6 +71,8 @@ def save(folder: Path, step: int, *, params: dict[str, Any], optimizer: Any, sch
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if ema is not None:
             save_file(ema.state_dict(), tmp / "ema.safetensors")
+        if scaler is not None:  # mixed_precision fp16: the loss scale and its growth count
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
@@ -82,7 +85,7 @@ def save(folder: Path, step: int, *, params: dict[str, Any], optimizer: Any, sch
 
 
 def load(path: Path, *, params: dict[str, Any], optimizer: Any, scheduler: Any, ema: Any,
-         process_index: int) -> dict[str, Any]:
+         process_index: int, scaler: Any = None) -> dict[str, Any]:
     """Restore a checkpoint into live objects; returns its state.json."""
     import torch
     from safetensors.torch import load_file
@@ -102,6 +105,8 @@ def load(path: Path, *, params: dict[str, Any], optimizer: Any, scheduler: Any, 
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if ema is not None and (path / "ema.safetensors").exists():
         ema.load_state_dict(load_file(path / "ema.safetensors"))
+    if scaler is not None and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
     rng = path / f"rng-{process_index}.pt"
     if rng.exists():
         set_rng_state(torch.load(rng, weights_only=False))

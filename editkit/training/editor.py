@@ -493,6 +493,9 @@ class EditTask:
                 "clip_dir": round(float(np.mean([s["clip_direction"] for s in scores])), 6),
                 "clip_out": round(float(np.mean([s["clip_text_after"] for s in scores])), 6)}
 
+    def resume_at(self, step: int) -> None:
+        self.tracker.resume_at(step)
+
     def log_scalar(self, name: str, value: float, step: int) -> None:
         self.tracker.scalar(name, value, step)
         if name == "train/loss" and self.grounding_seen and step % 100 == 0:

@@ -4,7 +4,10 @@ A *task* says what the model is and what a batch's loss is; the loop owns the re
 optimizer, schedule, accumulation, mixed precision, EMA, checkpoints and resume, validation,
 the memory estimate and the out-of-memory advice, and export. Randomness (noise, timesteps,
 crops, dropout) for micro-batch m comes from generators seeded by (seed, m, process), so a
-resumed run repeats an uninterrupted one step for step.
+resumed run repeats an uninterrupted one step for step: its final weights are bit-identical to
+those of a run never stopped, and to those of a run that never wrote a checkpoint. Work a
+resumed run does not repeat (the probe before the first step, validation) leaves the global
+random state as it found it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from editkit.errors import RunError
 from editkit.training import checkpoint, memory
@@ -40,6 +43,9 @@ class Task(Protocol):
     def export(self, folder: Path) -> dict[str, Any]: ...
     def log_scalar(self, name: str, value: float, step: int) -> None: ...
     def close(self) -> None: ...
+    # optional: told the step a run resumes at, before any scalar is logged (the TensorBoard
+    # writer then drops what the stopped run logged after its last checkpoint)
+    # def resume_at(self, step: int) -> None: ...
 
 
 def seed_for(seed: int, micro: int, rank: int, salt: int = 0) -> int:
@@ -62,8 +68,12 @@ class Logger:
 
 
 def run(task: Task, options: Any, output_dir: Path, seed: int,
-        stats: dict[str, Any]) -> dict[str, Any]:
-    """Train to `options.steps`, resuming from the last checkpoint in `output_dir`."""
+        stats: dict[str, Any], progress: Any = None) -> dict[str, Any]:
+    """Train to `options.steps`, resuming from the last checkpoint in `output_dir`.
+
+    `progress` (an `editkit.console.Progress`, the runner's: `TrainJob.progress`) gets a
+    "train" task counting steps, with the loss beside it; its time left counts only the
+    steps this run has made, not those before a resume."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -129,10 +139,13 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     saved = checkpoint.checkpoints(output_dir)
     if saved:
         state = checkpoint.load(saved[-1], params=dict(named), optimizer=optimizer,
-                                scheduler=scheduler, ema=ema,
+                                scheduler=scheduler, ema=ema, scaler=accelerator.scaler,
                                 process_index=accelerator.process_index)
         step, history = state["step"], state.get("losses", [])
         log(f"resumed from {saved[-1].name} at step {step} of {options.steps}")
+        resume_at = getattr(task, "resume_at", None)
+        if resume_at is not None and accelerator.is_main_process:
+            resume_at(step)
 
     plan = task.batches()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -140,6 +153,8 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     accumulation = options.gradient_accumulation
     model.train()
     first_step = step
+    bar = (progress.add("train", total=options.steps, completed=step)
+           if progress is not None and accelerator.is_main_process else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step_times: list[float] = []
@@ -182,6 +197,8 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
         step_times.append(time.perf_counter() - tick)
         mean = accelerator.reduce(total, reduction="mean").item()
         history.append(round(mean, 6))
+        if bar is not None:
+            bar.update(step, loss=mean)
         if accelerator.is_main_process and (step % 10 == 0 or step == options.steps
                                             or step == first_step + 1):
             log(f"step {step}/{options.steps} loss {mean:.5f} "
@@ -189,13 +206,14 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
             task.log_scalar("train/loss", mean, step)
         if step % options.checkpoint_every == 0 or step == options.steps:
             checkpoint.save(output_dir, step, params=dict(named), optimizer=optimizer,
-                            scheduler=scheduler, ema=ema,
+                            scheduler=scheduler, ema=ema, scaler=accelerator.scaler,
                             extra={"losses": history, "optimizer": optimizer_name},
                             accelerator=accelerator, keep=options.keep_checkpoints)
         if options.validate_every and step % options.validate_every == 0 \
                 and step < options.steps:
             if accelerator.is_main_process:
-                task.validate(output_dir / "samples", step, accelerator.autocast)
+                with kept_random_state():  # a run resumed after this step does not redo it
+                    task.validate(output_dir / "samples", step, accelerator.autocast)
             accelerator.wait_for_everyone()
 
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
@@ -242,16 +260,32 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
 def probe(task: Task, model: Any, plan: Any, rank: int, world: int, accelerator: Any,
           batches: int = 4) -> float:
     """Loss on fixed batches with fixed noise: comparable before and after training, unlike
-    the noisy per-step loss."""
+    the noisy per-step loss. In eval mode (no dropout), leaving the model's mode and the
+    global random state as they were: a resumed run skips the first probe."""
     import torch
 
     losses = []
-    with torch.no_grad(), accelerator.autocast():
-        for k in range(batches):
-            rows = plan.micro_batch(k, rank, world)
-            losses.append(task.loss(model, rows, -1 - k, rank).float())
+    training = model.training
+    model.eval()
+    try:
+        with kept_random_state(), torch.no_grad(), accelerator.autocast():
+            for k in range(batches):
+                rows = plan.micro_batch(k, rank, world)
+                losses.append(task.loss(model, rows, -1 - k, rank).float())
+    finally:
+        model.train(training)
     value = accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
     return round(value.item(), 6)
+
+
+@contextmanager
+def kept_random_state() -> Iterator[None]:
+    """Python's, NumPy's and torch's global random state (CUDA's too) restored on exit."""
+    state = checkpoint.rng_state()
+    try:
+        yield
+    finally:
+        checkpoint.set_rng_state(state)
 
 
 def _rss_peak() -> float:

@@ -1,9 +1,14 @@
 """TensorBoard scalars and images under `train/tensorboard/`, plus `samples/metrics.jsonl`
-(the report reads that file, so metrics survive without TensorBoard installed)."""
+(the report reads that file, so metrics survive without TensorBoard installed).
+
+A resumed run redoes the steps its stopped predecessor made after the last checkpoint:
+`resume_at(step)` drops what was logged for them, from TensorBoard (its writer opens with
+`purge_step`) and from `metrics.jsonl`, so each step is shown once."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +19,19 @@ class Tracker:
         self.log = log
         self._writer: Any = None
         self._missing = False
+        self._purge_step: int | None = None
+
+    def resume_at(self, step: int) -> None:
+        """The run continues after `step`: what was logged for later steps is dropped."""
+        self._purge_step = step + 1
+        path = self.folder / "samples" / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and _step(line) <= step]
+            if len(kept) != len(lines):
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                os.replace(tmp, path)
 
     def _tb(self) -> Any:
         if self._writer is None and not self._missing:
@@ -24,7 +42,9 @@ class Tracker:
                 self.log("TensorBoard logs are off: pip install tensorboard "
                          "(metrics still go to samples/metrics.jsonl)")
                 return None
-            self._writer = SummaryWriter(str(self.folder / "tensorboard"))
+            # events of steps from `purge_step` on, in the files of earlier runs, are hidden
+            self._writer = SummaryWriter(str(self.folder / "tensorboard"),
+                                         purge_step=self._purge_step)
         return self._writer
 
     def scalar(self, name: str, value: float, step: int) -> None:
@@ -51,3 +71,10 @@ class Tracker:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0.0

@@ -60,7 +60,8 @@ class DreamBoothTrainer(Trainer):
         from editkit.training import loop
 
         task = DreamBoothTask(self.options, job.output_dir, job.seed)
-        return loop.run(task, self.options, job.output_dir, job.seed, job.stats)
+        return loop.run(task, self.options, job.output_dir, job.seed, job.stats,
+                        progress=job.progress)
 
 
 @hookimpl

@@ -240,6 +240,9 @@ class DreamBoothTask:
         self.tracker.metrics(metrics, step)
         return metrics
 
+    def resume_at(self, step: int) -> None:
+        self.tracker.resume_at(step)
+
     def log_scalar(self, name: str, value: float, step: int) -> None:
         self.tracker.scalar(name, value, step)
 
