@@ -168,7 +168,7 @@ def test_quickstart_copied_out_of_the_wheel_runs_every_stage_then_edits_its_samp
     # the shapes world's models came from the fresh install's package data
     text = (folder / "manifest.json").read_text()
     for model in ("shapes-clip", "shapes-dino"):
-        assert str(site / "editkit.builtins.shapes" / "models" / model) in text
+        assert str(site / "editkit" / "builtins" / "shapes" / "models" / model) in text
 
     # the follow-up command the recipe's comments give works from here
     edit = in_fresh(fresh, "editkit", "edit", "recipes/data/quickstart/shapes.png",

@@ -392,8 +392,8 @@ def test_a_lora_trained_with_alpha_loads_at_its_trained_strength(pairs, tmp_path
     from safetensors.torch import load_file
     from transformers import CLIPTextModel
 
-    from editkit.editmodel import load_edit_pipeline
-    from editkit_lora import ATTENTION, TEXT_ATTENTION
+    from editkit.builtins.lora import ATTENTION, TEXT_ATTENTION
+    from editkit.models.editors import load_edit_pipeline
 
     base = tiny_model("tiny-ip2p")
     train_lora(pairs, tmp_path / "train", base="tiny-ip2p", steps=4, checkpoint_every=4,
