@@ -30,7 +30,7 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.rejected td{background:#fff4f4}.why{color:#a00}.ok{color:#070}
 .cap{color:#555;font-size:12px}.sc{font-size:12px;color:#333;white-space:nowrap}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;font-size:12px}
