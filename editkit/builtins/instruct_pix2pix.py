@@ -19,7 +19,9 @@ class FinetuneOptions(EditOptions):
     # the option that holds a model, and what it must be (checked at recipe validation)
     MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "edit"}
 
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate, reached "
+                                 "after the warm-up; lower than LoRA's, as every UNet weight "
+                                 "is trained")
 
 
 class InstructPix2PixTrainer(Trainer):

@@ -23,10 +23,14 @@ class LoraOptions(EditOptions):
     # the option that holds a model, and what it must be (checked at recipe validation)
     MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "edit"}
 
-    rank: int = Field(16, ge=1)
+    rank: int = Field(16, ge=1, description="LoRA rank, the adapters' inner size: "
+                      "higher can hold more change, with more parameters and a bigger file")
     alpha: int | None = Field(None, ge=1, description="LoRA alpha; default: the rank")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION), min_length=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch "
+                                "while training (parametrization: factors only)")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(ATTENTION), min_length=1, description="UNet layers that "
+        "get a LoRA, by name suffix as peft matches them (default: the attention projections)")
     train_conv_in: bool | None = Field(
         None, description="train conv_in (the image channels); default: only when it was "
                           "widened from a plain Stable Diffusion base")
@@ -35,8 +39,9 @@ class LoraOptions(EditOptions):
                            "(saved in the same file; diffusers' loaders apply it): the "
                            "encoder of a text-to-image base has read captions, never "
                            "instructions. One process only")
-    text_encoder_modules: list[str] = Field(default_factory=lambda: list(TEXT_ATTENTION),
-                                            min_length=1)
+    text_encoder_modules: list[str] = Field(
+        default_factory=lambda: list(TEXT_ATTENTION), min_length=1, description="text-encoder "
+        "layers that get a LoRA with train_text_encoder (default: CLIP's attention projections)")
     parametrization: Literal["factors", "delta"] = Field(
         "factors", description="factors: train the LoRA's A and B (peft); delta: train each "
                                "targeted weight's difference D itself and export it as "

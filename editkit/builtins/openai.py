@@ -48,7 +48,8 @@ class OpenAIOptions(LLMOptions):
         "the built-in table; used for the cost estimate in the manifest")
     moderation: bool = Field(False, description="check every kept triplet with the "
                              "moderation endpoint and reject flagged ones")
-    moderation_model: str = "omni-moderation-latest"
+    moderation_model: str = Field("omni-moderation-latest", description="the moderation "
+                                  "endpoint's model (used only with moderation: true)")
 
 
 def price_for(model: str, extra: dict[str, tuple[float, float]]) -> tuple[float, float] | None:

@@ -45,7 +45,9 @@ class PromptToPromptOptions(PairOptions):
                                 "edited words (its `words`) in the after prompt")
     local_blend: bool = Field(False, description="keep the before latents outside the "
                               "attention of the edited words")
-    blend_threshold: float = Field(0.3, gt=0, lt=1)
+    blend_threshold: float = Field(0.3, gt=0, lt=1, description="local blend: cells where "
+                                   "the edited words' attention (peak 1) is above this are "
+                                   "edited; lower grows the edited region")
     blend_start: float = Field(0.2, ge=0, le=1, description="fraction of steps before "
                                "local blending starts")
 

@@ -31,18 +31,24 @@ _FIELDS = {"change": {"subject", "attribute"}, "add": {"article", "attribute", "
 
 
 class TemplateOptions(PluginOptions):
-    subjects: list[str] = Field(default_factory=lambda: ["car", "house", "tree", "bicycle",
-                                                         "bench", "lamp post"], min_length=2)
-    attributes: list[str] = Field(default_factory=lambda: ["red", "blue", "green", "yellow",
-                                                           "white", "black"], min_length=2)
+    subjects: list[str] = Field(
+        default_factory=lambda: ["car", "house", "tree", "bicycle", "bench", "lamp post"],
+        min_length=2, description="object nouns; a caption names distinct ones, and add / "
+        "replace edits bring in one the caption lacks")
+    attributes: list[str] = Field(
+        default_factory=lambda: ["red", "blue", "green", "yellow", "white", "black"],
+        min_length=2, description="adjectives put before each object ('a red car'); change "
+        "edits swap one for another")
     scenes: list[str] = Field(default_factory=list, description="settings: 'on a quiet street'")
     caption: str = Field("a photo of {objects}{scene}",
                          description="caption template with {objects} and {scene}")
-    edits: list[EditKind] = Field(default_factory=lambda: ["change", "add", "remove", "replace"],
-                                  min_length=1)
+    edits: list[EditKind] = Field(
+        default_factory=lambda: ["change", "add", "remove", "replace"], min_length=1,
+        description="edit kinds drawn from, each equally likely (list one twice to favour it)")
     verbs: dict[EditKind, list[str]] = Field(default_factory=dict,
                                              description="phrasings per edit kind")
-    max_objects: int = Field(2, ge=1, le=4)
+    max_objects: int = Field(2, ge=1, le=4, description="most objects an input caption "
+                             "names (1 to this many; remove edits need at least 2)")
     batch: int = Field(64, ge=1, description="triplets per written shard")
 
     @model_validator(mode="after")

@@ -56,14 +56,17 @@ class LLMOptions(PluginOptions):
                           "from the pack (seeded) so requests differ")
     annotate: bool = Field(True, description="also ask for edit_kind, changed words, region")
     concurrency: int = Field(8, ge=1, le=256, description="requests in flight at once")
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="sampling temperature of "
+                               "each request: lower gives more alike triplets, higher more "
+                               "varied ones")
     max_tokens: int | None = Field(None, ge=64, description="reply token limit (default: "
                                    "enough for per_request triplets)")
     timeout: float = Field(120.0, gt=0, description="seconds to wait for one reply")
     max_retries: int = Field(6, ge=0, description="retries of one request on 429/5xx/timeouts")
     backoff: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles, "
                            "with jitter, up to max_backoff (Retry-After wins when given)")
-    max_backoff: float = Field(60.0, ge=0)
+    max_backoff: float = Field(60.0, ge=0, description="longest backoff delay in seconds "
+                               "(a server's Retry-After is waited in full)")
     max_failed_requests: int = Field(5, ge=1, description="stop after this many requests in a "
                                      "row fail even after their retries")
     input_captions: str | None = Field(

@@ -23,16 +23,21 @@ class PairOptions(PluginOptions):
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                        description="hub id, local folder or built-in (tiny-sd, tiny-sd-v)")
     samples: int = Field(4, ge=1, description="pairs per triplet, each from its own seed")
-    steps: int = Field(50, ge=1)
-    width: int = Field(512, ge=8)
-    height: int = Field(512, ge=8)
+    steps: int = Field(50, ge=1, description="denoising steps of each pair; fewer is faster "
+                       "and coarser (renderer options given as fractions of steps count these)")
+    width: int = Field(512, ge=8, description="image width in pixels, a multiple of 8; best at "
+                       "the model's training size (512 for SD 1.5)")
+    height: int = Field(512, ge=8, description="image height in pixels, a multiple of 8")
     guidance: tuple[float, float] = Field((7.5, 15.0), description="classifier-free guidance "
                                           "range; each sample draws one (InstructPix2Pix)")
     scheduler: str = Field("default", description="default (the model's), ddim, euler, "
                            "euler-ancestral, dpm++, unipc, ... or a diffusers class name")
-    negative_prompt: str = ""
-    device: str = "auto"
-    dtype: str = "auto"
+    negative_prompt: str = Field("", description="text guided away from in both images "
+                                 "(the unconditional prompt of classifier-free guidance)")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), or cpu, cuda, "
+                        "cuda:N, mps; one not available here is an error")
+    dtype: str = Field("auto", description="weights' precision: auto (fp32 on the CPU, fp16 "
+                       "elsewhere), fp32, fp16 or bf16")
     triplets_per_batch: int = Field(1, ge=1, description="triplets per sampling batch")
 
     @field_validator("guidance", mode="before")

@@ -49,9 +49,12 @@ class EditOptions(TrainOptions):
     cache_latents: bool = Field(False, description="encode each image once, and once mirrored "
                                 "when random_flip is on (crops are then "
                                 "centred: the latents are fixed)")
-    text_dropout: float = Field(0.05, ge=0, le=1)
-    image_dropout: float = Field(0.05, ge=0, le=1)
-    both_dropout: float = Field(0.05, ge=0, le=1)
+    text_dropout: float = Field(0.05, ge=0, le=1, description="share of examples trained "
+                                "with the empty instruction, for text guidance at inference")
+    image_dropout: float = Field(0.05, ge=0, le=1, description="share of examples trained "
+                                 "with zeroed input-image latents, for image guidance")
+    both_dropout: float = Field(0.05, ge=0, le=1, description="share of examples trained "
+                                "with both dropped; the three shares sum to at most 1")
     no_change_fraction: float = Field(
         0.0, ge=0, le=0.5,
         description="fraction of examples given an instruction naming something absent from "

@@ -27,22 +27,37 @@ class DreamBoothOptions(TrainOptions):
     base: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                       description="the text-to-image model to teach")
     instance_images: str = Field(..., description="folder of photos of the subject")
-    instance_prompt: str = "a photo of sks dog"
-    class_prompt: str | None = "a photo of a dog"
-    prior_preservation: bool = True
+    instance_prompt: str = Field("a photo of sks dog", description="prompt every instance "
+                                 "photo is trained with: a rare token (sks) and the class noun")
+    class_prompt: str | None = Field("a photo of a dog", description="prompt the class images "
+                                     "are generated from (needed for prior_preservation)")
+    prior_preservation: bool = Field(True, description="also train on class images the base "
+                                     "model made, so the class keeps its variety")
     class_images: int = Field(200, ge=1, description="class images generated and cached")
-    class_inference_steps: int = Field(25, ge=1)
-    prior_loss_weight: float = Field(1.0, ge=0)
-    mode: Literal["lora", "full"] = "lora"
+    class_inference_steps: int = Field(25, ge=1, description="DDIM steps of each generated "
+                                       "class image")
+    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the class images' loss, "
+                                     "added to the instance images' loss")
+    mode: Literal["lora", "full"] = Field(
+        "lora", description="lora: a LoRA on the UNet's attention; full: every UNet weight "
+                            "(more memory; lower learning_rate)")
     rank: int = Field(16, ge=1, description="LoRA rank (mode: lora)")
-    train_text_encoder: bool = False
+    train_text_encoder: bool = Field(False, description="train the text encoder too (a LoRA "
+                                     "on its attention in mode lora, every weight in full)")
     learning_rate: float = Field(1e-4, gt=0, description="1e-4 suits LoRA; use ~5e-6 for full")
-    sample_prompts: list[str] = Field(default_factory=lambda: list(SAMPLE_PROMPTS))
-    samples_per_prompt: int = Field(2, ge=0)
-    guidance_scale: float = 7.5
-    resolution: int = Field(512, ge=8)
-    batch_size: int = Field(1, ge=1)
-    steps: int = Field(400, ge=1)
+    sample_prompts: list[str] = Field(default_factory=lambda: list(SAMPLE_PROMPTS),
+                                      description="prompts sampled at each validation, to see "
+                                      "the subject in new settings")
+    samples_per_prompt: int = Field(2, ge=0, description="images per sample prompt, each from "
+                                    "its own seed; 0: no samples")
+    guidance_scale: float = Field(7.5, description="classifier-free guidance of the sample "
+                                  "images")
+    resolution: int = Field(512, ge=8, description="side of the square training crops in "
+                            "pixels; class images and samples are made at this size too")
+    batch_size: int = Field(1, ge=1, description="instance images per process per micro-batch "
+                            "(prior_preservation adds as many class images)")
+    steps: int = Field(400, ge=1, description="optimizer updates over the instance photos "
+                       "(and the class images with prior_preservation)")
 
     @model_validator(mode="after")
     def _class_prompt(self) -> "DreamBoothOptions":

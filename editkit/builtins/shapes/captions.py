@@ -32,13 +32,15 @@ NEEDS = {"size": "size", "background": "background", "add": "place"}
 
 
 class ShapesOptions(PluginOptions):
-    edits: list[ShapeEdit] = Field(default_factory=lambda: ["colour", "kind", "size",
-                                                            "background", "add", "remove"],
-                                   min_length=1)
-    max_shapes: int = Field(2, ge=1, le=3)
+    edits: list[ShapeEdit] = Field(
+        default_factory=lambda: ["colour", "kind", "size", "background", "add", "remove"],
+        min_length=1, description="edit kinds drawn from, each equally likely; one the scene "
+        "does not allow (like remove from one shape) is drawn again with a new scene")
+    max_shapes: int = Field(2, ge=1, le=3, description="most shapes in a scene, after an add "
+                            "edit too (add needs a scene below it)")
     min_shapes: int = Field(1, ge=1, le=3, description="scenes have min_shapes..max_shapes "
                             "shapes, as many of each count")
-    batch: int = Field(64, ge=1)
+    batch: int = Field(64, ge=1, description="triplets per written shard")
     unsaid: list[Unsaid] = Field(
         default_factory=list,
         description="attributes a triplet's captions may leave out (both captions alike, "
