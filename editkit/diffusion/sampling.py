@@ -4,6 +4,11 @@ Per step the UNet runs once on a batch of 4 x samples: [unconditional | conditio
 samples x [before, after]. Both images of a sample start from the same noise (and, with
 ancestral schedulers, draw the same step noise), so they differ only where the prompts and
 the attention controller make them differ.
+
+To edit a photo instead of an image drawn from a seed, `sample_pairs` takes the photo's
+inverted noise (`noise`) and per-step unconditional embeddings (`uncond`) from
+`editkit.diffusion.inversion`, and a `latent_hook` may pin the before branch to the inverted
+trajectory.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from editkit.diffusion.control import AttentionController, attention_control
 from editkit.diffusion.schedulers import make_scheduler
 
-# latent_hook(step, before, after) -> after: runs after every scheduler step.
-LatentHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+# latent_hook(step, before, after) -> after, or (before, after): runs after every scheduler
+# step; what it returns replaces the latents the next step starts from.
+LatentHook = Callable[[int, torch.Tensor, torch.Tensor],
+                      torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -66,19 +73,54 @@ def initial_noise(pipe: Any, seeds: list[int], latent_hw: tuple[int, int]) -> to
     return torch.cat(noise).to(pipe.unet.device, pipe.unet.dtype)
 
 
+def _check_shape(what: str, tensor: Any, expected: tuple[int, ...]) -> None:
+    shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+    if shape != expected:
+        raise ValueError(f"{what} must be a tensor of shape {expected}, got "
+                         f"{shape if shape is not None else type(tensor).__name__}")
+
+
 @torch.no_grad()
 def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width: int,
                  scheduler: str = "default", controller: AttentionController | None = None,
-                 latent_hook: LatentHook | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Denoise `batch` and return (before, after) latents, each (samples, C, h, w)."""
+                 latent_hook: LatentHook | None = None, noise: torch.Tensor | None = None,
+                 uncond: Sequence[torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoise `batch` and return (before, after) latents, each (samples, C, h, w).
+
+    `noise` (samples, C, h, w) replaces the seeds' initial noise for both images of each
+    sample, as it is (not scaled by the scheduler's `init_noise_sigma`): it is the latent at
+    the first timestep, such as `Inversion.noise`. `uncond` (one (samples, tokens, dim)
+    tensor per step, such as `Inversion.uncond`) replaces the negative prompt's embedding as
+    the unconditional one at each step, shared by the before and after images of a sample.
+    To sample back along an inversion, use `scheduler="ddim"` and the inversion's `steps`
+    (and its guidance in `batch.guidance`): the inverted noise and embeddings only hold for
+    DDIM (eta 0) on the same timesteps.
+
+    `latent_hook(step, before, after)` runs after every scheduler step and returns the new
+    `after`, or a `(before, after)` pair, e.g. to pin the before images to the inverted
+    trajectory (`Inversion.target(step)`)."""
     count = len(batch)
     latent_hw = latent_size(pipe, height, width)
+    channels = pipe.unet.config.in_channels
+    if noise is not None:
+        _check_shape("noise", noise, (count, channels, *latent_hw))
     sched = make_scheduler(scheduler, pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.unet.device)
+    timesteps = sched.timesteps
     cond = [text for pair in zip(batch.before, batch.after) for text in pair]
     embeds = encode_prompts(pipe, [batch.negative] * (2 * count) + cond)
-    latents = initial_noise(pipe, batch.seeds, latent_hw).repeat_interleave(2, dim=0)
-    latents = latents * sched.init_noise_sigma
+    if uncond is not None:
+        if len(uncond) != len(timesteps):
+            raise ValueError(f"uncond has {len(uncond)} embeddings for {len(timesteps)} "
+                             "sampling steps: give one per step")
+        for i, item in enumerate(uncond):
+            _check_shape(f"uncond[{i}]", item, (count, *embeds.shape[1:]))
+    if noise is None:
+        latents = initial_noise(pipe, batch.seeds, latent_hw).repeat_interleave(2, dim=0)
+        latents = latents * sched.init_noise_sigma
+    else:
+        latents = noise.to(pipe.unet.device, pipe.unet.dtype).repeat_interleave(2, dim=0)
     guidance = torch.tensor(batch.guidance, device=latents.device,
                             dtype=latents.dtype).repeat_interleave(2).view(-1, 1, 1, 1)
     step_kwargs: dict[str, Any] = {}
@@ -89,19 +131,32 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
     control = controller or AttentionController()
     with attention_control(pipe.unet, control) if controller is not None else nullcontext():
         control.begin(latent_hw, (2, count, 2))
-        timesteps = sched.timesteps
         for i, t in enumerate(timesteps):
             control.begin_step(i, len(timesteps))
+            if uncond is not None:
+                shared = uncond[i].to(embeds.device, embeds.dtype).repeat_interleave(2, dim=0)
+                embeds = torch.cat([shared, embeds[2 * count:]])
             model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
-            noise = pipe.unet(model_in, t, encoder_hidden_states=embeds,
-                              return_dict=False)[0]
-            uncond, text = noise.chunk(2)
-            guided = uncond + guidance * (text - uncond)
+            output = pipe.unet(model_in, t, encoder_hidden_states=embeds,
+                               return_dict=False)[0]
+            out_uncond, out_text = output.chunk(2)
+            guided = out_uncond + guidance * (out_text - out_uncond)
             latents = sched.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             if latent_hook is not None:
                 pairs = latents.view(count, 2, *latents.shape[1:])
-                after = latent_hook(i, pairs[:, 0], pairs[:, 1])
-                latents = torch.stack([pairs[:, 0], after], dim=1).flatten(0, 1)
+                before, after = pairs[:, 0], pairs[:, 1]
+                hooked = latent_hook(i, before, after)
+                if isinstance(hooked, tuple):
+                    if len(hooked) != 2:
+                        raise ValueError(f"latent_hook returned {len(hooked)} tensors: return "
+                                         "after, or (before, after)")
+                    before, after = hooked
+                    _check_shape("latent_hook's before", before, tuple(pairs[:, 0].shape))
+                else:
+                    after = hooked
+                _check_shape("latent_hook's after", after, tuple(pairs[:, 1].shape))
+                latents = torch.stack([before.to(latents.dtype), after.to(latents.dtype)],
+                                      dim=1).flatten(0, 1)
     pairs = latents.view(count, 2, *latents.shape[1:])
     return pairs[:, 0], pairs[:, 1]
 
