@@ -150,7 +150,9 @@ def test_killed_stage_resumes_to_the_count_losing_only_requests_in_flight(cli, t
     assert len(kept) == 60
     assert len({r["id"] for r in recs}) == len(recs)
     assert len({r["input"] for r in kept}) == 60
-    assert made <= 60 + 2 * 5  # at most the two requests in flight at the kill were lost
+    # lost at the kill: the 2 requests in flight, and replies that had come back but were not
+    # written yet (a finished request's replacement is sent before its batch is written)
+    assert made <= 60 + 2 * 2 * 5
 
 
 def test_domain_and_examples_options_shape_the_prompt(tmp_path, server):
