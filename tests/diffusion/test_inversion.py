@@ -5,24 +5,14 @@ import random
 
 import pytest
 import torch
+from sd_pipes import load_pipe
 
 from editkit.builtins.shapes.oracle import read_scene, same_scene
 from editkit.builtins.shapes.world import draw, random_scene
 from editkit.diffusion import inversion as inv
 from editkit.diffusion.sampling import decode, initial_noise, to_pil
-from editkit.models import load
 
 CAPTION = "a photo of a red car"
-
-
-def load_pipe(name):
-    from diffusers import StableDiffusionPipeline
-
-    torch.set_num_threads(1)
-    pipe = load(StableDiffusionPipeline, name, safety_checker=None,
-                requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

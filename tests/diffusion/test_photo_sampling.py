@@ -6,27 +6,17 @@ import random
 
 import pytest
 import torch
+from sd_pipes import load_pipe
 
 from editkit.builtins.shapes.world import draw, random_scene
 from editkit.diffusion import inversion as inv
 from editkit.diffusion.prompt_to_prompt import PromptToPrompt
 from editkit.diffusion.sampling import PairBatch, encode_prompts, initial_noise, sample_pairs
 from editkit.diffusion.schedulers import make_scheduler
-from editkit.models import load
 
 CAPTION = "a photo of a red car"
 SIZE = dict(height=64, width=64)
 TOLERANCE = 1e-4  # float32 rounding of batched UNet calls, on latents up to ~7
-
-
-def load_pipe(name):
-    from diffusers import StableDiffusionPipeline
-
-    torch.set_num_threads(1)
-    pipe = load(StableDiffusionPipeline, name, safety_checker=None,
-                requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
