@@ -16,6 +16,7 @@ from editkit import __version__
 from editkit.editing import DEFAULT_GUIDANCE
 from editkit.errors import EditkitError
 from editkit.models.editors import DEFAULT_EDIT_MODEL
+from editkit.models.segmenter import DEFAULT_SEGMENTER, REGIONS
 from editkit.run.recipe import STAGES
 
 
@@ -187,12 +188,14 @@ class Number(click.ParamType):
 def _model_reference(ctx: Any, param: Any, value: str | None) -> str | None:
     """A model option: refused now when it cannot work (a path that does not exist, a
     family editkit does not support, a text-to-image model given as the editor), not after
-    the inputs are read and torch loads. --base (a LoRA's) may be either kind."""
+    the inputs are read and torch loads. --base (a LoRA's) may be either kind; --segmenter
+    is checked as a reference only."""
     if value is None:
         return value
     from editkit.models import reference_problem
 
-    problem = reference_problem(value, "edit" if param.name == "base" else "editor")
+    role = {"base": "edit", "segmenter": None}.get(param.name, "editor")
+    problem = reference_problem(value, role)
     if problem:
         raise click.BadParameter(problem, ctx=ctx, param=param)
     return value
@@ -256,6 +259,19 @@ GUIDANCE_HELP = ("[default: the model's recommendation (a trained editor's "
               help="Words to localize (comma-separated) [the instruction's content words].")
 @click.option("--localize-threshold", default="otsu", show_default=True,
               help="Cut of the normalised attention map, 0-1, or 'otsu' (per image).")
+@click.option("--mask-words", default=None, metavar="W1,W2",
+              help="Edit only where the segmenter finds these things in each image "
+                   "(comma-separated, united); the mask is saved as <stem>-mask.png beside "
+                   "the result.")
+@click.option("--region", type=click.Choice(REGIONS), default=None,
+              help="Edit only the foreground (the --mask-words, else any object) or the "
+                   "background (everything else) the segmenter finds in each image.")
+@click.option("--mask-threshold", default="0.5", show_default=True,
+              help="Cut of the segmenter's map for --mask-words / --region, 0-1, or 'otsu' "
+                   "(per image); lower gives a larger mask.")
+@click.option("--segmenter", default=DEFAULT_SEGMENTER, show_default=True,
+              callback=_model_reference,
+              help="CLIPSeg model for --mask-words / --region: hub id or local folder.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--out", default=None, help="Output image file (one result: .png, .jpg, "
               ".webp, ...) or folder [edits/].")
@@ -265,7 +281,8 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
                  guidance: float | None, image_guidance: float | None, seed: int,
                  variations: int, size: int | None,
                  output_size: str, mask: str | None, feather: float, localize: bool,
-                 localize_words: str | None, localize_threshold: str, batch_size: int,
+                 localize_words: str | None, localize_threshold: str, mask_words: str | None,
+                 region: str | None, mask_threshold: str, segmenter: str, batch_size: int,
                  out: str | None, device: str, dtype: str) -> None:
     """Edit IMAGE... (files or folders) by INSTRUCTION, e.g. "remove the cars"."""
     if len(args) < 2:
@@ -279,20 +296,37 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
                                "not both")
     if not localize and (localize_words or localize_threshold != "otsu"):
         raise click.UsageError("--localize-words and --localize-threshold need --localize")
-    cut = _threshold(localize_threshold)
-    from editkit.editing import EditSettings, UnreadableImages, run_edits
+    cut = _threshold(localize_threshold, "--localize-threshold")
+    segment = mask_words is not None or region is not None
+    if segment and mask:
+        raise click.UsageError("--mask-words and --region find the mask themselves; give them "
+                               "or --mask, not both")
+    if segment and localize:
+        raise click.UsageError("--localize and --mask-words / --region both find the mask; "
+                               "give one of them")
+    source = click.get_current_context().get_parameter_source
+    if not segment and any(source(name) != click.core.ParameterSource.DEFAULT
+                           for name in ("mask_threshold", "segmenter")):
+        raise click.UsageError("--mask-threshold and --segmenter need --mask-words or --region")
+    words = [w.strip() for w in mask_words.split(",") if w.strip()] if mask_words else []
+    if mask_words is not None and not words:
+        raise click.BadParameter(f"{mask_words!r} names nothing; give what the edit changes, "
+                                 "like car,bus", param_hint="--mask-words")
+    mask_cut = _threshold(mask_threshold, "--mask-threshold")
+    from editkit.editing import EditSettings, SkippedImages, run_edits
 
     settings = EditSettings(instruction=args[-1], steps=steps, guidance=guidance,
                             image_guidance=image_guidance, seed=seed, variations=variations,
                             size=size, output_size=output_size, batch_size=batch_size,
                             feather=feather, localize=localize,
                             localize_words=localize_words.split(",") if localize_words else None,
-                            localize_threshold=cut)
+                            localize_threshold=cut, mask_words=words or None, region=region,
+                            mask_threshold=mask_cut)
     try:
         written = run_edits(list(args[:-1]), settings, model, out, base=base, mask=mask,
-                            device=device, dtype=dtype,
+                            device=device, dtype=dtype, segmenter=segmenter,
                             say=lambda line: click.echo(line, err=True))
-    except UnreadableImages as exc:  # the readable ones were edited: say where they went
+    except SkippedImages as exc:  # the others were edited: say where they went
         for path in exc.written:
             click.echo(str(path))
         raise
@@ -300,7 +334,7 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
         click.echo(str(path))
 
 
-def _threshold(text: str) -> float | None:
+def _threshold(text: str, option: str) -> float | None:
     """'otsu' -> None (Otsu's threshold per image), else a number strictly between 0 and 1."""
     if text.strip().lower() == "otsu":
         return None
@@ -310,7 +344,7 @@ def _threshold(text: str) -> float | None:
         value = -1.0
     if not 0 < value < 1:
         raise click.BadParameter(f"{text!r} is neither 'otsu' nor a number between 0 and 1",
-                                 param_hint="--localize-threshold")
+                                 param_hint=option)
     return value
 
 

@@ -3,6 +3,11 @@
 The aspect ratio is kept: the long side goes to `size`, both sides round to what the model
 accepts, and the result is returned at the input's size (said out loud when it differs).
 The settings go into the PNG so any edit can be reproduced.
+
+An edit may be confined to a mask: one given (`mask`), one found in the model's attention to
+the instruction's words (`localize`), or one a text-prompted segmenter finds in each input
+image (`mask_words` and/or `region`). A found mask is saved beside the result and then used
+exactly as a given one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Callable
 
 from editkit import __version__
 from editkit.errors import InputError
+from editkit.models.segmenter import DEFAULT_SEGMENTER, GENERIC_PROMPT, REGIONS
 from editkit.run.folder import IMAGE_SUFFIXES
 
 # InstructPix2Pix's own guidance: what an editor is run with when neither the user nor the
@@ -50,6 +56,14 @@ class EditSettings:
     localize: bool = False  # the mask from the model's attention to the instruction's words
     localize_words: list[str] | None = None  # None: the instruction's content words
     localize_threshold: float | None = None  # None: Otsu's threshold per image
+    mask_words: list[str] | None = None  # the segmenter's mask: where these are (united)
+    region: str | None = None  # foreground or background of mask_words (or GENERIC_PROMPT)
+    mask_threshold: float | None = 0.5  # the segmenter map's cut; None: Otsu's per image
+
+    @property
+    def segment(self) -> bool:
+        """Whether a segmenter finds the mask in each input image."""
+        return self.mask_words is not None or self.region is not None
 
     def __post_init__(self) -> None:
         """Settings that cannot work are refused before any image is read (the CLI's option
@@ -70,18 +84,48 @@ class EditSettings:
         if self.output_size not in ("input", "model"):
             raise InputError(f"output_size {self.output_size!r} is neither input nor model",
                              "use input or model")
+        if self.mask_words is not None:
+            self.mask_words = [w.strip() for w in self.mask_words if w and w.strip()]
+            if not self.mask_words:
+                raise InputError("the mask words are empty",
+                                 'name what the edit changes, like "car,bus"')
+        if self.region is not None and self.region not in REGIONS:
+            raise InputError(f"region {self.region!r} is neither foreground nor background",
+                             "use foreground or background")
+        cut = self.mask_threshold
+        if cut is not None and not (math.isfinite(cut) and 0 < cut < 1):
+            raise InputError(f"mask threshold {cut} is not between 0 and 1",
+                             "give a number between 0 and 1, or None for Otsu's")
+        if self.localize and self.segment:
+            raise InputError("localize and mask_words/region both find the mask",
+                             "use one of them")
 
 
-class UnreadableImages(InputError):
-    """Some inputs could not be read: the others were edited and written (`written`)."""
+EMPTY_MASK_HINT = "lower --mask-threshold (or give otsu), or change --mask-words / --region"
 
-    def __init__(self, failed: list[tuple[Path, str]], total: int, written: list[Path]):
-        self.failed, self.written = failed, written
-        names = ", ".join(str(path) for path, _ in failed[:3]) + (", ..." if len(failed) > 3
-                                                                  else "")
-        super().__init__(f"{len(failed)} of {total} images could not be read ({names}); the "
-                         f"other {total - len(failed)} were edited",
-                         "pass PNG, JPEG or WebP files")
+
+class SkippedImages(InputError):
+    """Some inputs were not edited: `failed` could not be read, `empty` got an empty mask
+    from the segmenter. The others were edited and written (`written`)."""
+
+    def __init__(self, failed: list[tuple[Path, str]], total: int, written: list[Path],
+                 empty: list[tuple[Path, str]] | None = None):
+        self.failed, self.empty, self.written = failed, list(empty or []), written
+
+        def names(items: list[tuple[Path, str]]) -> str:
+            return ", ".join(str(path) for path, _ in items[:3]) + (
+                ", ..." if len(items) > 3 else "")
+
+        parts = [f"{len(failed)} of {total} images could not be read ({names(failed)})"
+                 ] if failed else []
+        if self.empty:
+            parts.append(f"{len(self.empty)} of {total} images have an empty mask "
+                         f"({names(self.empty)})")
+        rest = total - len(failed) - len(self.empty)
+        hints = ["pass PNG, JPEG or WebP files"] if failed else []
+        hints += [EMPTY_MASK_HINT] if self.empty else []
+        super().__init__(" and ".join(parts) + (f"; the other {rest} were edited" if rest
+                                                else "; none was edited"), "; ".join(hints))
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -237,6 +281,32 @@ def mask_path(target: Path) -> Path:
     return target.with_name(f"{target.stem}-mask.png")
 
 
+def beside_variations(targets: list[Path], kind: str) -> Path:
+    """A file one image's results share (its grid, its segmenter mask): `<stem>-<kind>.png`
+    beside them, the stem without the variation number when there are several."""
+    first = targets[0]
+    stem = first.stem.rsplit("-", 1)[0] if len(targets) > 1 else first.stem
+    return first.with_name(f"{stem}-{kind}.png")
+
+
+def found_mask_paths(targets: list[list[Path]], settings: EditSettings) -> list[list[Path]]:
+    """Where the masks `localize` (one per result) or the segmenter (one per image) find
+    are saved; refused before any work when one would overwrite a result."""
+    if settings.localize:
+        found = [[mask_path(target) for target in row] for row in targets]
+    elif settings.segment:
+        found = [[beside_variations(row, "mask")] for row in targets]
+    else:
+        return [[] for _ in targets]
+    results = {target for row in targets for target in row}
+    for row in found:
+        for where in row:
+            if where in results:
+                raise InputError(f"the mask {where} would overwrite the result of the same "
+                                 "name", "rename that input, or pass another --out")
+    return found
+
+
 def save_mask(mask: Any, path: Path) -> None:
     """A (1, h, w) mask in [0, 1] as a grey PNG (white = edited), like a `--mask` file."""
     import torch
@@ -260,6 +330,71 @@ def save_localized_mask(maps: Any, size: tuple[int, int], path: Path, words: lis
             "cut": round(cuts[0], 4), "area": round(float(found.mean()), 6), "mask": str(path)}
 
 
+def region_phrase(settings: EditSettings) -> str:
+    """What the segmenter's mask covers, for messages: "car, bus", "everything but car"."""
+    named = (", ".join(settings.mask_words) if settings.mask_words
+             else f"the foreground ({GENERIC_PROMPT!r})")
+    return f"everything but {named}" if settings.region == "background" else named
+
+
+def find_region_masks(images: list[Any], settings: EditSettings, segmenter: str,
+                      device: str, dtype: str) -> tuple[list[Any], list[dict[str, Any]],
+                                                         dict[str, Any]]:
+    """The segmenter's binary mask (1, h, w; bool) of each image at its own size, what was
+    found (`Segmenter.region_mask`'s stats) and the segmenter's description. The segmenter is
+    let go before the editor loads; `batch_size` images go through it at a time."""
+    from editkit.models.segmenter import Segmenter
+
+    model = Segmenter(segmenter, device=device, dtype=dtype, batch_size=settings.batch_size)
+    threshold = "otsu" if settings.mask_threshold is None else settings.mask_threshold
+    masks: list[Any] = []
+    stats: list[dict[str, Any]] = []
+    for start in range(0, len(images), settings.batch_size):
+        found, info = model.region_mask(images[start:start + settings.batch_size],
+                                        settings.mask_words, settings.region, threshold)
+        masks += [mask.bool() for mask in found]
+        stats += info
+    return masks, stats, model.describe()
+
+
+def save_region_mask(mask: Any, size: tuple[int, int], path: Path, stats: dict[str, Any],
+                     segmenter: dict[str, Any]) -> dict[str, Any]:
+    """Save one image's segmenter mask at `size` (width, height) to `path` and return what
+    the PNG metadata records about it. Resizing averages areas, so a thin region that shrinks
+    fades at its edges and never vanishes."""
+    import torch.nn.functional as F
+
+    mask = mask.float()
+    if (mask.shape[-1], mask.shape[-2]) != tuple(size):
+        mask = F.interpolate(mask[None], size=(size[1], size[0]), mode="area")[0]
+    save_mask(mask, path)
+    return {"words": stats["words"], "region": stats["region"],
+            "threshold": "otsu" if stats["method"] == "otsu" else stats["threshold"],
+            "cut": round(stats["threshold"], 4), "area": round(float(mask.mean()), 6),
+            "mask": str(path), "segmenter": segmenter}
+
+
+def screen_region_masks(paths: list[Path], stats: list[dict[str, Any]],
+                        settings: EditSettings, single: bool, say: Callable[[str], None]
+                        ) -> list[tuple[Path, str]]:
+    """The images whose segmenter mask is empty, with why, each said as skipped; a single
+    image's is refused outright. A mask that covers a whole image is said: that edit is not
+    confined."""
+    empty = []
+    for path, info in zip(paths, stats):
+        where = f"{path}: the mask of {region_phrase(settings)}"
+        cut = f"threshold {info['threshold']:.4g}"
+        if info["area"] == 0:
+            if single:
+                raise InputError(f"{where} is empty at {cut}", EMPTY_MASK_HINT)
+            empty.append((path, f"{where} is empty at {cut}"))
+            say(f"skipped: {where} is empty at {cut}")
+        elif info["area"] == 1:
+            say(f"{where} covers the whole image at {cut}, so the edit is not confined; "
+                "raise --mask-threshold to confine it")
+    return empty
+
+
 def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
                   say: Callable[[str], None]) -> EditSettings:
     """Guidance not given is the model's recommendation (editkit_weights.json), else
@@ -274,14 +409,20 @@ def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
 
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
               base: str | None = None, mask: str | None = None, device: str = "auto",
-              dtype: str = "auto", say: Callable[[str], None] = print) -> list[Path]:
+              dtype: str = "auto", say: Callable[[str], None] = print,
+              segmenter: str = DEFAULT_SEGMENTER) -> list[Path]:
     """Edit every readable image of `paths` and return the files written. An unreadable
-    image is said (one line) and skipped; when any was, `UnreadableImages` is raised after
-    the others are written. Everything that can be checked (outputs, mask, model family) is
-    checked before the model loads."""
+    image, or one whose segmenter mask (`settings.mask_words` / `region`, found by
+    `segmenter` before the editor loads) is empty, is said (one line) and skipped; when any
+    was, `SkippedImages` is raised after the others are written. A mask that covers the
+    whole image is said, and the edit is then not confined. Everything that can be checked
+    (outputs, mask, model family) is checked before a model loads."""
     if settings.localize and mask:
         raise InputError("--localize finds the mask itself; it cannot be combined with --mask",
                          "drop one of them")
+    if settings.segment and mask:
+        raise InputError("--mask-words and --region find the mask themselves; they cannot be "
+                         "combined with --mask", "drop one of them")
     words: list[str] = []
     if settings.localize:
         from editkit.diffusion.localize import instruction_words
@@ -290,14 +431,22 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
         cut = settings.localize_threshold
         say(f"--localize: the mask comes from the attention to {', '.join(words)} "
             f"(threshold {'otsu' if cut is None else cut})")
+    if settings.segment:
+        from editkit.models import resolve
+
+        resolve(segmenter)  # a reference that names nothing fails now
+        cut = settings.mask_threshold
+        say(f"the mask is {region_phrase(settings)}, as {segmenter} finds it in each image "
+            f"(threshold {'otsu' if cut is None else cut})")
     images = collect_images(paths)
     targets = output_paths(images, out, settings.variations)
+    found_masks = found_mask_paths(targets, settings)
     if mask:
         open_image(Path(mask))  # a mask that cannot be read fails now, not after the edits
     opened, failed = [], []
-    for path, target in zip(images, targets):  # every input is checked before loading
+    for path, target, where in zip(images, targets, found_masks):  # checked before loading
         try:
-            opened.append((path, open_image(path), target))
+            opened.append((path, open_image(path), target, where))
         except InputError as exc:
             if len(images) == 1:
                 raise
@@ -306,14 +455,28 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     if not opened:
         raise InputError(f"none of the {len(images)} images can be read ({failed[0][1]}, ...)",
                          "pass PNG, JPEG or WebP files")
-    images = [path for path, _, _ in opened]
-    originals = [image for _, image, _ in opened]
-    targets = [target for _, _, target in opened]
     from editkit.models import check_family
 
     check_family(model)  # an SDXL, FLUX, ... model: one line before torch loads
     if base:
         check_family(base)
+    total, empty = len(images), []
+    region_masks: list[Any] = []
+    region_stats: list[dict[str, Any]] = []
+    if settings.segment:
+        region_masks, region_stats, described = find_region_masks(
+            [image for _, image, _, _ in opened], settings, segmenter, device, dtype)
+        empty = screen_region_masks([path for path, _, _, _ in opened], region_stats,
+                                    settings, total == 1, say)
+        if len(empty) == len(opened):
+            raise SkippedImages(failed, total, [], empty)
+        keep = [i for i, info in enumerate(region_stats) if info["area"] > 0]
+        opened, region_masks, region_stats = ([items[i] for i in keep] for items in
+                                              (opened, region_masks, region_stats))
+    images = [path for path, _, _, _ in opened]
+    originals = [image for _, image, _, _ in opened]
+    targets = [target for _, _, target, _ in opened]
+    found_masks = [where for _, _, _, where in opened]
     import torch
 
     from editkit.models.editors import load_edit_pipeline
@@ -358,12 +521,18 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     for index, image in enumerate(originals):
         final = image.size if settings.output_size == "input" else results[(index, 0)].size
         soft = load_mask(mask, final, settings.feather) if mask else None
+        segmented = None
+        if settings.segment:
+            where = found_masks[index][0]
+            segmented = save_region_mask(region_masks[index], final, where,
+                                         region_stats[index], described)
+            soft = load_mask(str(where), final, settings.feather)  # exactly as --mask
         variants = []
         for k in range(settings.variations):
             edited = results[(index, k)].resize(final)
             localized = None
             if settings.localize:
-                where = mask_path(targets[index][k])
+                where = found_masks[index][k]
                 localized = save_localized_mask(maps[(index, k)], final, where, words,
                                                 settings.localize_threshold)
                 soft = load_mask(str(where), final, settings.feather)  # exactly as --mask
@@ -374,19 +543,21 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
                 edited = blend(image.resize(final), edited, soft)
             record = {**asdict(settings), "seed": settings.seed + k, "input": str(images[index]),
                       "mask": mask, "model": spec.describe(), "editkit": __version__,
-                      "working_size": list(results[(index, k)].size), "localize": localized}
+                      "working_size": list(results[(index, k)].size), "localize": localized,
+                      "segment": segmented}
             save_with_settings(edited, targets[index][k], record)
             written.append(targets[index][k])
             if localized:
                 written.append(Path(localized["mask"]))
             variants.append(edited)
+        if segmented:
+            written.append(Path(segmented["mask"]))
         if settings.variations > 1:
-            sheet = targets[index][0].with_name(f"{targets[index][0].stem.rsplit('-', 1)[0]}"
-                                                f"-grid.png")
+            sheet = beside_variations(targets[index], "grid")
             from editkit.run.folder import atomic_save_image
 
             atomic_save_image(grid([image.resize(final)] + variants), sheet)
             written.append(sheet)
-    if failed:
-        raise UnreadableImages(failed, len(failed) + len(opened), written)
+    if failed or empty:
+        raise SkippedImages(failed, total, written, empty)
     return written

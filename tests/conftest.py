@@ -41,6 +41,14 @@ def editkit_home(tmp_path_factory):
     return Path(home)
 
 
+@pytest.fixture(scope="session")
+def tiny_clipseg(tmp_path_factory):
+    """A tiny random CLIPSeg folder, built offline once per session."""
+    from editkit.models.segmenter import build_tiny_clipseg
+
+    return build_tiny_clipseg(tmp_path_factory.mktemp("tiny-clipseg"))
+
+
 def pip_install_target(package: Path, target: Path) -> None:
     """Install a plugin package for real (pip builds and installs it) into `target`."""
     subprocess.run(

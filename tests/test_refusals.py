@@ -286,6 +286,17 @@ def test_minus_one_still_switches_a_threshold_off(tmp_path):
     (["--mask", "missing.png"], ["--mask", "does not exist"]),
     (["--model", "./missing-editor"], ["--model", "does not exist"]),
     (["--model", "tiny-sd"], ["--model", "text-to-image", "InstructPix2Pix editor"]),
+    (["--mask-words", "car", "--mask", "a.png"], ["--mask-words and --region", "not both"]),
+    (["--region", "foreground", "--localize"], ["--localize and --mask-words / --region"]),
+    (["--region", "sky"], ["--region", "'sky' is not one of 'foreground', 'background'"]),
+    (["--mask-words", " , "], ["--mask-words", "' , ' names nothing"]),
+    (["--mask-words", "car", "--mask-threshold", "1.5"],
+     ["--mask-threshold", "'1.5' is neither 'otsu' nor a number between 0 and 1"]),
+    (["--region", "background", "--mask-threshold", "0"], ["--mask-threshold", "'0'"]),
+    (["--mask-threshold", "0.3"], ["need --mask-words or --region"]),
+    (["--segmenter", "someone/clipseg"], ["need --mask-words or --region"]),
+    (["--region", "foreground", "--segmenter", "./missing-segmenter"],
+     ["--segmenter", "does not exist"]),
 ])
 def test_edit_refuses_bad_values_at_parsing(cli, tmp_path, args, words):
     tiny_model("tiny-sd")

@@ -33,10 +33,17 @@ class OllamaOptions(LLMOptions):
     keep_alive: str = Field("10m", description="how long the server keeps the model loaded")
 
 
-def context_size(messages: list[dict[str, str]], reply_tokens: int) -> int:
-    """A context that fits the prompt (at most one token per 3 characters) and the reply,
-    rounded up to 1024: Ollama drops the start of a prompt that overflows, silently."""
-    prompt = sum(len(m["content"]) for m in messages) // 3 + 64
+# context tokens an image may take: vision models encode one in 256 (gemma3) to about 1400
+# (qwen2.5vl at 1024 pixels a side) tokens
+IMAGE_TOKENS = 1600
+
+
+def context_size(messages: list[dict[str, Any]], reply_tokens: int) -> int:
+    """A context that fits the prompt (at most one token per 3 characters, `IMAGE_TOKENS` per
+    image) and the reply, rounded up to 1024: Ollama drops the start of a prompt that
+    overflows, silently."""
+    prompt = sum(len(m["content"]) // 3 + len(m.get("images") or ()) * IMAGE_TOKENS
+                 for m in messages) + 64
     need = prompt + reply_tokens
     return max(2048, -(-need // 1024) * 1024)
 
@@ -56,7 +63,7 @@ class OllamaCaptions(LLMCaptions):
         except ConnectionError:
             raise RunError(f"ollama: no server answers at {self.host}",
                            "start it with `ollama serve` (or set OLLAMA_HOST / "
-                           "captions.options.host to where it runs)") from None
+                           f"{self.options_at}.host to where it runs)") from None
         except ResponseError as exc:
             raise RunError(f"ollama: {self.host} answered {exc.status_code}: {exc.error}",
                            "check that OLLAMA_HOST points at an Ollama server") from None
@@ -76,7 +83,7 @@ class OllamaCaptions(LLMCaptions):
             inner.close()
 
     def send(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int,
-             seed: int) -> Reply:
+             seed: int, name: str = "triplets") -> Reply:
         import httpx
         from ollama import ResponseError
 

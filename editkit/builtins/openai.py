@@ -22,6 +22,7 @@ from pydantic import Field
 
 from editkit import hookimpl
 from editkit.captions.llm import LLMCaptions, LLMOptions, Reply, Retry, first_line, retry_after
+from editkit.captions.photos import openai_messages
 from editkit.errors import ModelError, NeedsKeyError, RunError
 from editkit.plugin.kinds import Reject
 
@@ -88,13 +89,13 @@ class OpenAICaptions(LLMCaptions):
         return self.options.base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
 
     def send(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int,
-             seed: int) -> Reply:
+             seed: int, name: str = "triplets") -> Reply:
         opts = self.options
         response = self._call(lambda: self.client.chat.completions.create(
-            model=opts.model, messages=messages, temperature=opts.temperature, seed=seed,
-            max_completion_tokens=max_tokens,
+            model=opts.model, messages=openai_messages(messages), temperature=opts.temperature,
+            seed=seed, max_completion_tokens=max_tokens,
             response_format={"type": "json_schema", "json_schema": {
-                "name": "triplets", "strict": True, "schema": schema}}))
+                "name": name, "strict": True, "schema": schema}}))
         self.answered = True
         choice = response.choices[0]
         usage = response.usage
@@ -122,7 +123,7 @@ class OpenAICaptions(LLMCaptions):
             if status == 404 or code == "model_not_found":
                 raise ModelError(f"openai: model '{self.options.model}' is not available at "
                                  f"{self.where()}: {message}",
-                                 "check captions.options.model (for example gpt-4o-mini)"
+                                 f"check {self.options_at}.model (for example gpt-4o-mini)"
                                  ) from None
             if status in (408, 409, 429) or status >= 500:
                 raise Retry(message, retry_after(exc.response.headers)) from None
@@ -134,10 +135,10 @@ class OpenAICaptions(LLMCaptions):
             if reason is not None and not getattr(self, "answered", False):
                 own = self.options.base_url or os.environ.get("OPENAI_BASE_URL")
                 raise RunError(f"openai: cannot connect to {self.where()}: {reason}",
-                               "start the server, or check captions.options.base_url (or "
+                               f"start the server, or check {self.options_at}.base_url (or "
                                "OPENAI_BASE_URL); a local server's URL ends in /v1" if own
                                else "check the network connection, or set "
-                               "captions.options.base_url to a server you run") from None
+                               f"{self.options_at}.base_url to a server you run") from None
             raise Retry(f"cannot reach {self.where()}: {first_line(exc)}") from None
 
     def review(self, items: list[dict[str, Any] | Reject]) -> list[dict[str, Any] | Reject]:

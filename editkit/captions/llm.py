@@ -13,6 +13,12 @@ item whose input was rewritten or a given caption the reply skipped is a rejecte
 every record says which caption it came from (`input_index`, or `input_indices` for a reply
 rejected whole), so a resumed run sends the captions no record names yet, in order: the next
 unused ones, and again those whose request failed outright.
+
+With `photos` each request carries one of the user's photos to a vision model, which
+describes it (the `input` of every triplet of that photo, verbatim) and writes
+`edits_per_photo` edits of it. Every record names its photo (`photo`, `photo_name`), rejected
+ones too (an unreadable file is rejected before any request), so a resumed run sends only the
+photos no record names yet, and again those whose request failed outright.
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ from abc import abstractmethod
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from editkit.captions.packs import DomainPack, PackRef, load_pack
-from editkit.errors import EditkitError, RunError
+from editkit.captions.photos import encode_image, list_photos, read_photo
+from editkit.errors import EditkitError, InputError, RunError
 from editkit.plugin.kinds import CaptionGenerator, CaptionJob, PluginOptions, Reject
 from editkit.run.folder import RecordStore, atomic_write_json
 
@@ -73,6 +81,13 @@ class LLMOptions(PluginOptions):
         None, description="existing captions to edit (a text file with one a line, a .jsonl, "
         ".json or .csv file with a caption, input or text column, or a folder of them): the "
         "model writes only each one's edit and output, per_request captions a request")
+    photos: str | None = Field(
+        None, description="a folder of your own photos (.png, .jpg, .webp, ...): each request "
+        "sends one photo to a vision model, which describes it (the input of every triplet "
+        "of that photo) and writes edits_per_photo edits of it; every record names its photo")
+    edits_per_photo: int = Field(4, ge=1, le=20, description="edits asked for per photo "
+                                 "(with photos; per_request is then unused): more gives more "
+                                 "triplets per request, all with the same input")
 
     @field_validator("input_captions")
     @classmethod
@@ -91,6 +106,24 @@ class LLMOptions(PluginOptions):
                 "reason": exc.message.removeprefix("input captions: ")}) from None
         if first is None:
             raise PydanticCustomError("input_captions", "it holds no captions")
+        return value
+
+    @field_validator("photos")
+    @classmethod
+    def _photos_readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A missing or imageless folder, or photos given with input captions, is refused at
+        validation, before any request."""
+        if value is None:
+            return value
+        if info.data.get("input_captions") is not None:
+            raise PydanticCustomError("photos", "input_captions is set too: the inputs come "
+                                      "from the photos or from the captions, not both")
+        folder = Path(value).expanduser()
+        if not folder.is_dir():
+            raise PydanticCustomError("photos", "no such folder" if not folder.exists()
+                                      else "not a folder of photos")
+        if not list_photos(folder):
+            raise PydanticCustomError("photos", "it holds no images (.png, .jpg, .webp, ...)")
         return value
 
 
@@ -114,19 +147,32 @@ class Retry(Exception):
         self.after = after
 
 
-def triplet_schema(annotate: bool = True) -> dict[str, Any]:
-    """The JSON schema of a reply, strict-mode ready (all fields required, no extras)."""
-    item: dict[str, Any] = {"input": {"type": "string"}, "edit": {"type": "string"},
-                            "output": {"type": "string"}}
+def _strict_object(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema as strict mode wants it: every property required, no extras."""
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
+
+
+def _item_schema(annotate: bool, fields: tuple[str, ...]) -> dict[str, Any]:
+    item: dict[str, Any] = {key: {"type": "string"} for key in fields}
     if annotate:
         item.update({"edit_kind": {"type": "string", "enum": EDIT_KINDS},
                      "words": {"type": "array", "items": {"type": "string"}},
                      "region": {"type": "string", "enum": REGIONS}})
-    return {"type": "object",
-            "properties": {"triplets": {"type": "array", "items": {
-                "type": "object", "properties": item, "required": list(item),
-                "additionalProperties": False}}},
-            "required": ["triplets"], "additionalProperties": False}
+    return _strict_object(item)
+
+
+def triplet_schema(annotate: bool = True) -> dict[str, Any]:
+    """The JSON schema of a reply, strict-mode ready (all fields required, no extras)."""
+    return _strict_object({"triplets": {
+        "type": "array", "items": _item_schema(annotate, ("input", "edit", "output"))}})
+
+
+def photo_schema(annotate: bool = True) -> dict[str, Any]:
+    """The JSON schema of a reply about one photo: its description, and edits of it, each
+    with the description after the edit (strict-mode ready like `triplet_schema`)."""
+    return _strict_object({"description": {"type": "string"}, "edits": {
+        "type": "array", "items": _item_schema(annotate, ("edit", "output"))}})
 
 
 def _shots_and_mix(pack: DomainPack, n: int, shots: int, annotate: bool,
@@ -166,6 +212,24 @@ def build_edit_messages(pack: DomainPack, domain: str, captions: list[str], shot
              f'Answer with JSON: {{"triplets": [...]}}, one item per caption.')
     return [{"role": "system", "content": pack.system.replace("{domain}", domain)},
             {"role": "user", "content": user}]
+
+
+def build_photo_messages(pack: DomainPack, domain: str, n: int, shots: int, annotate: bool,
+                         rng: random.Random, image: str) -> list[dict[str, Any]]:
+    """Like `build_messages`, but about one photo (`image`: base64 PNG, sent the Ollama way
+    as the user turn's `images`): the model describes the photo, then writes `n` edits of
+    it; the examples show the style of captions and edits, not this photo."""
+    user, mix = _shots_and_mix(pack, n, shots, annotate, rng)
+    user += (f"The attached image is a photo of {domain}. First describe this photo in one "
+             "caption, in the style of the examples' inputs, naming only what can be seen in "
+             f'it: this is "description". Then write {n} edits one can make to THIS photo, '
+             'all different from each other: "edit" is one instruction that fits what the '
+             'photo shows (remove or change only what is in it), and "output" describes the '
+             "photo after that edit: the description with exactly that change. "
+             f'Edit kinds: {mix}. Answer with JSON: {{"description": "...", "edits": [...]}}, '
+             f"{n} edits.")
+    return [{"role": "system", "content": pack.system.replace("{domain}", domain)},
+            {"role": "user", "content": user, "images": [image]}]
 
 
 def _match_key(text: str) -> str:
@@ -235,25 +299,73 @@ def used_inputs(work_dir: Path | None) -> set[int]:
     return used
 
 
+def used_photos(work_dir: Path | None) -> set[str]:
+    """The photos (resolved paths) the records on disk name: the ones a resumed run must not
+    send again; like `used_inputs`, a photo whose request failed outright is sent again."""
+    if work_dir is None or not work_dir.is_dir():
+        return set()
+    return {record["photo"] for record in RecordStore(work_dir).read()
+            if isinstance(record.get("photo"), str) and record.get("reason") != "request failed"}
+
+
+def _reply_json(reply: Reply, smaller: str) -> Any:
+    """The decoded JSON of a reply, or a `Reject` saying why it is unusable (`smaller`: the
+    option to lower when the reply ran out of tokens)."""
+    snippet = (reply.text or "")[:300]
+    if reply.refusal:
+        return Reject("refused", reply.refusal[:300])
+    if reply.finish == "length":
+        return Reject("truncated reply", "the reply hit the token limit; raise max_tokens or "
+                      f"lower {smaller}: {snippet}")
+    if reply.finish == "content_filter":
+        return Reject("refused", "content filter")
+    try:
+        return json.loads(reply.text or "")
+    except json.JSONDecodeError as exc:
+        return Reject("malformed JSON", f"{exc.msg} at {exc.pos}: {snippet}")
+
+
 def parse_reply(reply: Reply) -> list[dict[str, Any] | Reject]:
     """Triplets from a reply, or one `Reject` that says why the reply was unusable."""
     snippet = (reply.text or "")[:300]
-    if reply.refusal:
-        return [Reject("refused", reply.refusal[:300])]
-    if reply.finish == "length":
-        return [Reject("truncated reply", "the reply hit the token limit; raise max_tokens or "
-                       f"lower per_request: {snippet}")]
-    if reply.finish == "content_filter":
-        return [Reject("refused", "content filter")]
-    try:
-        data = json.loads(reply.text or "")
-    except json.JSONDecodeError as exc:
-        return [Reject("malformed JSON", f"{exc.msg} at {exc.pos}: {snippet}")]
+    data = _reply_json(reply, "per_request")
+    if isinstance(data, Reject):
+        return [data]
     if not isinstance(data, dict) or not isinstance(data.get("triplets"), list):
         return [Reject("invalid schema", f'expected {{"triplets": [...]}}: {snippet}')]
     if not data["triplets"]:
         return [Reject("empty reply", snippet)]
     return [_clean(item) for item in data["triplets"]]
+
+
+# a description that declines instead of describing ("I'm sorry, I can't help with that")
+_DECLINES = re.compile(r"^\W*(?:i['\u2019]?m sorry|i am sorry|sorry\b|i can(?:not|['\u2019]t)\b|"
+                       r"i['\u2019]?m (?:not able|unable)|i am (?:not able|unable)|"
+                       r"i won['\u2019]?t\b)", re.I)
+
+
+def parse_photo_reply(reply: Reply) -> list[dict[str, Any] | Reject]:
+    """Triplets from a reply about one photo, each with the photo's description as its
+    input, or one `Reject` that says why the reply was unusable (a description that declines
+    is `refused`, like a refusal)."""
+    snippet = (reply.text or "")[:300]
+    data = _reply_json(reply, "edits_per_photo")
+    if isinstance(data, Reject):
+        return [data]
+    description = data.get("description") if isinstance(data, dict) else None
+    if not isinstance(description, str) or not description.strip() or \
+            not isinstance(data.get("edits"), list):
+        return [Reject("invalid schema", f'expected {{"description": "...", "edits": [...]}}: '
+                       f"{snippet}")]
+    if _DECLINES.match(description):
+        return [Reject("refused", description[:300])]
+    if not data["edits"]:
+        return [Reject("empty reply", snippet)]
+    return [{"input": description, **{k: v for k, v in _clean(item).items() if k != "input"}}
+            if isinstance(item, dict) else
+            Reject("invalid schema", f"expected an edit object, got {type(item).__name__}",
+                   {"input": description, "raw": repr(item)[:300]})
+            for item in data["edits"]]
 
 
 def _clean(item: Any) -> Any:
@@ -330,6 +442,9 @@ class LLMCaptions(CaptionGenerator):
 
     Options = LLMOptions
     options: LLMOptions
+    # where the options live in a recipe, for the hints of errors (a filter that asks
+    # through a generator sets its own)
+    options_at = "captions.options"
 
     # --- what a plugin provides -----------------------------------------------------------
 
@@ -339,8 +454,9 @@ class LLMCaptions(CaptionGenerator):
 
     @abstractmethod
     def send(self, messages: list[dict[str, str]], schema: dict[str, Any],
-             max_tokens: int, seed: int) -> Reply:
-        """One request; raise `Retry` for transient failures, `EditkitError` for fatal ones."""
+             max_tokens: int, seed: int, name: str = "triplets") -> Reply:
+        """One request; raise `Retry` for transient failures, `EditkitError` for fatal ones.
+        `name` is the schema's name, for an API that sends one (OpenAI's json_schema)."""
 
     def close(self) -> None:
         """Release the client; in-flight requests may fail, which is then ignored."""
@@ -359,6 +475,8 @@ class LLMCaptions(CaptionGenerator):
         """The reply budget: per triplet, plus room to copy given captions back (a token is
         about 4 characters; a caption appears twice, as input and edited as output)."""
         opts = self.options
+        if opts.photos is not None:  # a description, then edits_per_photo edits of it
+            return opts.max_tokens or opts.edits_per_photo * (90 if opts.annotate else 60) + 300
         copied = sum(len(c) for c in captions) // 2 if captions else 0
         return opts.max_tokens or (opts.per_request * (90 if opts.annotate else 60) + 200
                                    + copied)
@@ -367,20 +485,26 @@ class LLMCaptions(CaptionGenerator):
         opts = self.options
         pack = load_pack(opts.domain_pack)
         domain = opts.domain or pack.domain
-        schema = triplet_schema(opts.annotate)
+        schema = photo_schema(opts.annotate) if opts.photos is not None else \
+            triplet_schema(opts.annotate)
+        per = opts.edits_per_photo if opts.photos is not None else opts.per_request
         usage = Usage.load(job.work_dir, job.stats)
         captions: list[str] = []
         unused: deque[int] = deque()
+        photos: list[Path] = []
+        unsent: deque[Path] = deque()
         if opts.input_captions is not None:
             from editkit.captions.files import read_captions
 
             captions = read_captions(opts.input_captions)
             used = used_inputs(job.work_dir)
             unused.extend(i for i in range(len(captions)) if i not in used)
+        if opts.photos is not None:
+            photos = [p.resolve() for p in list_photos(opts.photos)]
+            answered = used_photos(job.work_dir)
+            unsent.extend(p for p in photos if str(p) not in answered)
         self.connect()
-        self._stop = threading.Event()
-        self._pause_until = 0.0
-        self._pause_lock = threading.Lock()
+        self.prepare_requests()
         pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="llm")
         inflight: dict[Future[Any], int] = {}
         counter = iter(range(2**62))
@@ -393,10 +517,18 @@ class LLMCaptions(CaptionGenerator):
             discounted by the share of triplets the stage has kept so far."""
             rate = max(0.05, job.kept / yielded) if yielded else 1.0
             while (len(inflight) < opts.concurrency and job.kept
-                   + (pending + len(inflight) * opts.per_request) * rate < job.count):
+                   + (pending + len(inflight) * per) * rate < job.count):
                 number = next(counter)
                 rng = random.Random(f"editkit-llm:{job.seed}:{job.start}:{number}")
                 given: list[tuple[int, str]] | None = None
+                if opts.photos is not None:
+                    if not unsent:
+                        return  # every photo is sent
+                    build = partial(build_photo_messages, pack, domain, opts.edits_per_photo,
+                                    opts.examples, opts.annotate, rng)
+                    inflight[pool.submit(self._photo_request, unsent.popleft(), build, schema,
+                                         rng.randrange(2**31), usage)] = number
+                    continue
                 if opts.input_captions is None:
                     messages = build_messages(pack, domain, opts.per_request, opts.examples,
                                               opts.annotate, rng)
@@ -430,6 +562,12 @@ class LLMCaptions(CaptionGenerator):
                     top_up(sum(len(items) for items in ready))
                 elif not ready:
                     raise fatal
+                if not ready and not inflight and opts.photos is not None:
+                    raise RunError(
+                        f"captions: the {len(photos)} photos in {opts.photos} have all been "
+                        f"sent, and {job.count - job.kept} more triplets are needed",
+                        "add photos or lower captions.count; the triplets made are kept, and "
+                        "running again resends only the photos whose request failed")
                 if not ready and not inflight:  # only when the given captions ran out
                     raise RunError(
                         f"captions: the {len(captions)} captions in {opts.input_captions} "
@@ -453,7 +591,7 @@ class LLMCaptions(CaptionGenerator):
                 yielded += len(items)
                 yield items
         finally:
-            self._stop.set()
+            self.stop_requests()
             pool.shutdown(wait=False, cancel_futures=True)
             self.close()
 
@@ -468,18 +606,63 @@ class LLMCaptions(CaptionGenerator):
             return match_inputs(items, given)
         return items
 
+    def _photo_request(self, photo: Path, build: Callable[[str], list[dict[str, Any]]],
+                       schema: dict[str, Any], seed: int, usage: Usage
+                       ) -> list[dict[str, Any] | Reject]:
+        """One photo's request with its retries (none for a file that is not an image), every
+        triplet and reject naming the photo."""
+        named = {"photo": str(photo), "photo_name": photo.name}
+        try:
+            image = encode_image(read_photo(photo))
+        except InputError as exc:
+            return [Reject("unreadable photo", exc.message, named)]
+        items = self._attempts(build(image), schema, seed, usage, None)
+        return [Reject(item.reason, item.detail, {**item.data, **named})
+                if isinstance(item, Reject) else {**item, **named} for item in items]
+
     def _attempts(self, messages: list[dict[str, str]], schema: dict[str, Any], seed: int,
                   usage: Usage, given: list[tuple[int, str]] | None
                   ) -> list[dict[str, Any] | Reject]:
-        opts = self.options
         max_tokens = self.reply_tokens([c for _, c in given] if given else None)
+        reply = self.ask(messages, schema, max_tokens, seed, usage)
+        if reply is None:
+            return []
+        if isinstance(reply, Reject):
+            return [reply]
+        items = parse_photo_reply(reply) if self.options.photos is not None else \
+            parse_reply(reply)
+        if given is not None:
+            items = match_inputs(items, given)
+        return self.review(items)
+
+    def prepare_requests(self) -> None:
+        """Reset the stop flag and the pause a server's Retry-After sets for every request:
+        once before a round of `ask` calls (from any number of threads)."""
+        self._stop = threading.Event()
+        self._pause_until = 0.0
+        self._pause_lock = threading.Lock()
+
+    def stop_requests(self) -> None:
+        """End the round: requests waiting to retry give up (`ask` returns None)."""
+        self._stop.set()
+
+    def ask(self, messages: list[dict[str, Any]], schema: dict[str, Any], max_tokens: int,
+            seed: int, usage: Usage, name: str | None = None) -> Reply | Reject | None:
+        """One request with its retries (429, 5xx, timeouts; backoff with jitter, a
+        Retry-After pausing every request): the `Reply`, a `Reject("request failed", why)`
+        when the retries ran out or the response made no sense, or None once stopped.
+        Fatal errors (`EditkitError`) propagate. `name` names the schema, where the API
+        wants one (OpenAI's json_schema name; default: the plugin's). Thread-safe after
+        `prepare_requests`."""
+        opts = self.options
         last = ""
         for attempt in range(opts.max_retries + 1):
             self._wait_for_pause()
             if self._stop.is_set():
-                return []
+                return None
             try:
-                reply = self.send(messages, schema, max_tokens, seed)
+                reply = self.send(messages, schema, max_tokens, seed) if name is None else \
+                    self.send(messages, schema, max_tokens, seed, name=name)
             except (EditkitError, KeyboardInterrupt):
                 raise
             except Retry as exc:
@@ -493,20 +676,17 @@ class LLMCaptions(CaptionGenerator):
                         self._pause_until = max(self._pause_until, time.monotonic() + delay)
                 usage.add(self.extra_stats, retries=1)
                 if self._stop.wait(delay):
-                    return []
+                    return None
                 continue
             except Exception as exc:  # a reply the client could not make sense of
                 usage.add(self.extra_stats, failed_requests=1)
-                return [Reject("request failed", f"unusable response: "
-                               f"{type(exc).__name__}: {first_line(exc)}")]
+                return Reject("request failed", f"unusable response: "
+                              f"{type(exc).__name__}: {first_line(exc)}")
             usage.add(self.extra_stats, requests=1, prompt_tokens=reply.prompt_tokens,
                       completion_tokens=reply.completion_tokens)
-            items = parse_reply(reply)
-            if given is not None:
-                items = match_inputs(items, given)
-            return self.review(items)
+            return reply
         usage.add(self.extra_stats, failed_requests=1)
-        return [Reject("request failed", f"{last} (after {opts.max_retries} retries)")]
+        return Reject("request failed", f"{last} (after {opts.max_retries} retries)")
 
     def _wait_for_pause(self) -> None:
         with self._pause_lock:

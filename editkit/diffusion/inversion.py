@@ -12,6 +12,12 @@ turns back into it, so a renderer can edit the photo instead of an image it drew
     guided sampler lands on the inverted trajectory at every step;
   - "negative-prompt" (Miyake et al. 2023): the caption's own embedding as the unconditional
     one, which makes the guided prediction the conditional one: no optimisation.
+  - "edit-friendly" (Huberman-Spiegelglas et al. 2024, the inversion LEDITS++ uses): each
+    step's latent is drawn independently from the photo's forward process, and the noise map
+    that takes DDIM with eta 1 from one to the next under guidance is kept
+    (`Inversion.step_noise`). Sampling with those maps gives the photo back exactly at any
+    guidance, and sampling another caption with them keeps the photo's layout while the
+    caption's change is made in full. It may start a few steps in (`skip`).
 - `reconstruct`: DDIM sampling back from the inverted noise with those embeddings;
   `psnr` and `pixel_error` say how well it came back, one number per image.
 
@@ -29,7 +35,7 @@ import torch
 
 from editkit.diffusion.sampling import decode, encode_prompts
 
-METHODS = ("ddim", "null-text", "negative-prompt")
+METHODS = ("ddim", "null-text", "negative-prompt", "edit-friendly")
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Inversion:
     guidance: list[float]
     uncond: list[torch.Tensor]
     stats: dict[str, Any] = field(default_factory=dict)
+    step_noise: list[torch.Tensor] | None = None  # edit-friendly: one noise map a step
+    start_step: int = 0  # steps of the schedule skipped before the first one kept
 
     @property
     def noise(self) -> torch.Tensor:
@@ -59,6 +67,18 @@ class Inversion:
     def target(self, step: int) -> torch.Tensor:
         """The latent sampling step `step` should produce."""
         return self.latents[self.steps - 1 - step]
+
+
+    @property
+    def schedule_steps(self) -> int:
+        """The `steps` the sampling schedule was set to (skipped steps included)."""
+        return self.start_step + self.steps
+
+    def sampling(self) -> dict[str, Any]:
+        """What `sample_pairs` needs to sample along this inversion (`scheduler="ddim"`,
+        `steps=self.schedule_steps`)."""
+        return {"noise": self.noise, "uncond": self.uncond, "step_noise": self.step_noise,
+                "start_step": self.start_step}
 
 
 def ddim_scheduler(pipe: Any, steps: int) -> Any:
@@ -216,8 +236,8 @@ def ddim_invert(pipe: Any, latents: torch.Tensor, prompt: str | Sequence[str], s
 def invert(pipe: Any, image: Any, prompt: str | Sequence[str], *, steps: int = 50,
            guidance: float | Sequence[float] = 1.0, method: str = "ddim", negative: str = "",
            fixed_point: int = 0, inner_steps: int = 10, lr: float = 1e-2,
-           tolerance: float = 1e-5, height: int | None = None, width: int | None = None
-           ) -> Inversion:
+           tolerance: float = 1e-5, height: int | None = None, width: int | None = None,
+           seed: int | Sequence[int] = 0, skip: int = 0) -> Inversion:
     """Invert photo(s) (PIL, [0, 1] tensors, or (n, C, h, w) latents) captioned `prompt` for
     sampling back at `guidance` (one scale, or one per image) with `method` (see the
     module's doc). "ddim" inverts at `guidance` too; the others invert at guidance 1.
@@ -226,7 +246,10 @@ def invert(pipe: Any, image: Any, prompt: str | Sequence[str], *, steps: int = 5
     null-text: at each sampling step at most `inner_steps` Adam steps (learning rate `lr`,
     decaying to half over the run) on each image's unconditional embedding, each image
     stopping on its own once its latent error (mean squared) is under `tolerance`, growing
-    linearly to 100 x `tolerance` by the last step (Mokady et al.'s schedule at 50 steps)."""
+    linearly to 100 x `tolerance` by the last step (Mokady et al.'s schedule at 50 steps).
+
+    edit-friendly: inverts at `guidance`; `seed` (one, or one per image) draws the
+    independent noise of each step; `skip` leaves out the first steps of the schedule."""
     if method not in METHODS:
         raise ValueError(f"unknown inversion method '{method}'; use one of {', '.join(METHODS)}")
     start = time.perf_counter()
@@ -241,6 +264,12 @@ def invert(pipe: Any, image: Any, prompt: str | Sequence[str], *, steps: int = 5
     sched = ddim_scheduler(pipe, steps)
     timesteps = sched.timesteps
     stats: dict[str, Any] = {}
+    if method == "edit-friendly":
+        result = _edit_friendly(pipe, latents, prompts, sched, scales, negative, seed, skip)
+        result.stats["seconds"] = time.perf_counter() - start
+        return result
+    if skip:
+        raise ValueError("skip is for the edit-friendly inversion only")
     if method == "ddim":
         trajectory = ddim_invert(pipe, latents, prompts, steps, guidance=scales,
                                  negative=negative, fixed_point=fixed_point)
@@ -254,6 +283,50 @@ def invert(pipe: Any, image: Any, prompt: str | Sequence[str], *, steps: int = 5
                                    inner_steps, lr, tolerance)
     stats["seconds"] = time.perf_counter() - start
     return Inversion(trajectory, timesteps, prompts, method, scales, uncond, stats)
+
+
+def _seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    seeds = [int(seed)] * count if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} images")
+    return seeds
+
+
+@torch.no_grad()
+def _edit_friendly(pipe: Any, latents: torch.Tensor, prompts: list[str], sched: Any,
+                   scales: list[float], negative: str, seed: int | Sequence[int], skip: int
+                   ) -> Inversion:
+    """Independent forward-process latents at every timestep, then the eta-1 DDIM noise map
+    between each and the next (the photo's latents after the last)."""
+    steps = len(sched.timesteps)
+    if not 0 <= skip < steps:
+        raise ValueError(f"skip {skip} is outside 0..{steps - 1}")
+    count = latents.shape[0]
+    generators = [torch.Generator("cpu").manual_seed(s) for s in _seeds(seed, count)]
+    x0 = latents.float()
+    levels = []
+    for t in sched.timesteps:
+        eps = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
+        alpha = _alpha(sched, t).to(x0.device, torch.float32)
+        levels.append((alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps.to(x0.device))
+                      .to(latents.dtype))
+    cond = encode_prompts(pipe, prompts)
+    uncond = encode_prompts(pipe, [negative] * count)
+    maps = []
+    for i in range(skip, steps):
+        t = sched.timesteps[i]
+        x = levels[i]
+        out = _guided(pipe, sched.scale_model_input(x, t), t, cond, uncond, scales)
+        mean = sched.step(out, t, x, eta=1.0, variance_noise=torch.zeros_like(x),
+                          return_dict=False)[0]
+        previous = int(t) - sched.config.num_train_timesteps // sched.num_inference_steps
+        std = sched._get_variance(t, torch.tensor(previous)).sqrt().to(x.device, torch.float32)
+        target = levels[i + 1] if i + 1 < steps else latents
+        maps.append(((target.float() - mean.float()) / std).to(latents.dtype))
+    trajectory = [latents] + levels[skip:][::-1]
+    return Inversion(trajectory, sched.timesteps[skip:], prompts, "edit-friendly", scales,
+                     [uncond] * (steps - skip), {"noise_std": float(torch.stack(maps).std())},
+                     step_noise=maps, start_step=skip)
 
 
 def _null_text(pipe: Any, trajectory: list[torch.Tensor], prompts: list[str], sched: Any,
@@ -321,13 +394,17 @@ def reconstruct_latents(pipe: Any, inversion: Inversion, prompt: str | Sequence[
     count = inversion.noise.shape[0]
     prompts = inversion.prompts if prompt is None else _prompts(prompt, count)
     scales = inversion.guidance if guidance is None else _scales(guidance, count)
-    sched = ddim_scheduler(pipe, inversion.steps)
+    sched = ddim_scheduler(pipe, inversion.schedule_steps)
     cond = encode_prompts(pipe, prompts)
     x = inversion.noise
-    for i, t in enumerate(sched.timesteps):
+    for i, t in enumerate(sched.timesteps[inversion.start_step:]):
         out = _guided(pipe, sched.scale_model_input(x, t), t, cond, inversion.uncond[i],
                       scales)
-        x = ddim_step(sched, out, t, x)
+        if inversion.step_noise is None:
+            x = ddim_step(sched, out, t, x)
+        else:
+            x = sched.step(out, t, x, eta=1.0, variance_noise=inversion.step_noise[i],
+                           return_dict=False)[0]
     return x
 
 

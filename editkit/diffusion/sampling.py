@@ -84,7 +84,8 @@ def _check_shape(what: str, tensor: Any, expected: tuple[int, ...]) -> None:
 def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width: int,
                  scheduler: str = "default", controller: AttentionController | None = None,
                  latent_hook: LatentHook | None = None, noise: torch.Tensor | None = None,
-                 uncond: Sequence[torch.Tensor] | None = None
+                 uncond: Sequence[torch.Tensor] | None = None,
+                 step_noise: Sequence[torch.Tensor] | None = None, start_step: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise `batch` and return (before, after) latents, each (samples, C, h, w).
 
@@ -99,7 +100,14 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
 
     `latent_hook(step, before, after)` runs after every scheduler step and returns the new
     `after`, or a `(before, after)` pair, e.g. to pin the before images to the inverted
-    trajectory (`Inversion.target(step)`)."""
+    trajectory (`Inversion.target(step)`).
+
+    `step_noise` (one (samples, C, h, w) tensor per step run) makes the DDIM steps stochastic
+    (eta 1) with exactly this noise, shared by the two images of a sample: with an
+    edit-friendly inversion's noise maps (`Inversion.step_noise`) the before image comes back
+    exactly. `start_step` skips the first steps of the `steps` schedule: sampling starts at
+    `timesteps[start_step]` from `noise`, and `uncond`/`step_noise` hold one entry per step
+    run; the controller counts only the steps run."""
     count = len(batch)
     latent_hw = latent_size(pipe, height, width)
     channels = pipe.unet.config.in_channels
@@ -107,7 +115,17 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
         _check_shape("noise", noise, (count, channels, *latent_hw))
     sched = make_scheduler(scheduler, pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.unet.device)
-    timesteps = sched.timesteps
+    if not 0 <= start_step < steps:
+        raise ValueError(f"start_step {start_step} is outside 0..{steps - 1}")
+    if start_step and noise is None:
+        raise ValueError("start_step needs the noise to start from (noise=...)")
+    timesteps = sched.timesteps[start_step:]
+    if step_noise is not None:
+        if type(sched).__name__ != "DDIMScheduler":
+            raise ValueError("step_noise needs scheduler='ddim'")
+        if len(step_noise) != len(timesteps):
+            raise ValueError(f"step_noise has {len(step_noise)} maps for {len(timesteps)} "
+                             "sampling steps: give one per step")
     cond = [text for pair in zip(batch.before, batch.after) for text in pair]
     embeds = encode_prompts(pipe, [batch.negative] * (2 * count) + cond)
     if uncond is not None:
@@ -141,6 +159,9 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
                                return_dict=False)[0]
             out_uncond, out_text = output.chunk(2)
             guided = out_uncond + guidance * (out_text - out_uncond)
+            if step_noise is not None:
+                shared = step_noise[i].to(latents.device, latents.dtype)
+                step_kwargs = {"eta": 1.0, "variance_noise": shared.repeat_interleave(2, 0)}
             latents = sched.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             if latent_hook is not None:
                 pairs = latents.view(count, 2, *latents.shape[1:])

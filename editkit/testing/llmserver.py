@@ -11,6 +11,16 @@ with one triplet per caption, its input copied back; the faults "rewrite" (the f
 reworded), "skip" (the last caption left out) and "recase" (inputs upper-cased) misbehave.
 "down" answers well and then stops listening, so every later connection is refused: a server
 that was up and went down.
+A request to score an edit pair (its schema has `PAIR_SCORES`; images before and after) is
+answered from the two images it carries, decoded (`request_images`), so the scores are about
+what was sent: instruction 1 when after is (nearly) before, preserved lower the more of the
+image changed, quality 1 when the after image is one flat colour; the reason says what it saw.
+The faults apply to these requests too.
+A request about one photo (an image, and a prompt asking for "N edits one can make to THIS
+photo") is answered from the decoded image: the description gives its size and dominant
+colour ("a 64x48 photo, mostly red"), and each of the N edits adds one thing to it. The
+faults apply to it too; "refusal" is a description that declines, for Ollama (OpenAI's
+answer has a `refusal`). A request whose image does not decode is answered 400.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-OLLAMA_MODELS = ["llama3.2:latest", "qwen2.5:7b"]
+OLLAMA_MODELS = ["llama3.2:latest", "qwen2.5:7b", "llama3.2-vision:latest"]
+# a request whose schema has these properties asks to score an edit pair (`use: vlm`)
+PAIR_SCORES = {"instruction", "preserved", "quality"}
 
 
 class LLMServer:
@@ -89,6 +101,19 @@ class LLMServer:
                  "edit_kind": "add", "words": ["red", "bicycle"], "region": "foreground"}
                 for k in range(start, start + n)]
 
+    def photo_reply(self, image: Any, n: int, fault: str) -> dict[str, Any]:
+        """A photo's description (its size and dominant colour) and `n` edits, each adding
+        one thing to it; "refusal" declines."""
+        if fault == "refusal":
+            return {"description": "I'm sorry, I can't help with that.", "edits": []}
+        description = f"a {image.width}x{image.height} photo, mostly {colour_name(image)}"
+        with self.lock:
+            self.triplets += n
+        return {"description": description, "edits": [
+            {"edit": f"add {thing}", "output": f"{description}, with {thing}",
+             "edit_kind": "add", "words": thing.split()[1:], "region": "foreground"}
+            for thing in (PHOTO_THINGS * (n // len(PHOTO_THINGS) + 1))[:n]]}
+
     def chat_requests(self) -> list[dict[str, Any]]:
         return [e for e in self.log if e["path"] in ("/v1/chat/completions", "/api/chat")]
 
@@ -144,6 +169,17 @@ class LLMServer:
                 if self.path in ("/v1/chat/completions", "/api/chat") and \
                         not isinstance(body.get("messages"), list):
                     return self.send_json(400, {"error": "messages is required"})
+                try:
+                    request_images(body.get("messages") or [])
+                except (OSError, ValueError) as exc:  # the real servers answer 400
+                    with server.lock:
+                        server.log.append({"path": self.path, "fault": "invalid image",
+                                           "body": body, "t": time.monotonic()})
+                    if self.path.startswith("/v1/"):
+                        return self.openai_error(400, "invalid_image_format", "You uploaded "
+                                                 "an unsupported image. Please make sure "
+                                                 "your image is valid.")
+                    return self.send_json(400, {"error": f"invalid image input: {exc}"})
                 with server.lock:
                     server.concurrent += 1
                     server.max_concurrent = max(server.max_concurrent, server.concurrent)
@@ -177,6 +213,23 @@ class LLMServer:
                     return server.edit_triplets(given, fault)
                 return server.make_triplets(self.wanted(messages))
 
+            def reply_content(self, body: dict[str, Any], fault: str) -> str:
+                """The JSON a good reply holds: a pair's scores when the request asks for
+                them (its schema has `PAIR_SCORES`), a photo's description and edits when
+                it asks for them (`photo_edits`), else triplets."""
+                edits = photo_edits(body["messages"])
+                if edits is None and \
+                        not PAIR_SCORES <= set(reply_schema(body).get("properties") or ()):
+                    return json.dumps({"triplets": self.reply_triplets(body["messages"],
+                                                                       fault)})
+                if fault == "down":
+                    self.going_down = True
+                    server.stop()
+                if edits is not None:
+                    return json.dumps(server.photo_reply(request_images(body["messages"])[0],
+                                                         edits, fault))
+                return json.dumps(score_pair(request_images(body["messages"])))
+
             def openai_error(self, status: int, code: str, message: str,
                              headers: dict[str, str] | None = None) -> None:
                 self.send_json(status, {"error": {"message": message, "type": code,
@@ -200,8 +253,7 @@ class LLMServer:
                                              f"'{body.get('model')}' does not exist")
                 if fault == "nochoices":
                     return self.send_json(200, {"id": "x", "object": "chat.completion"})
-                content: str | None = json.dumps(
-                    {"triplets": self.reply_triplets(body["messages"], fault)})
+                content: str | None = self.reply_content(body, fault)
                 finish, refusal = "stop", None
                 if fault == "malformed":
                     content = '{"triplets": [{"input": "a street", "edit": '
@@ -242,8 +294,7 @@ class LLMServer:
                     return self.send_json(500, {"error": "llama runner process has terminated"})
                 if fault == "429":
                     return self.send_json(503, {"error": "server busy, please try again"})
-                content = json.dumps({"triplets": self.reply_triplets(body["messages"],
-                                                                      fault)})
+                content = self.reply_content(body, fault)
                 done_reason = "stop"
                 if fault == "malformed":
                     content = "{\"triplets\": [ oops"
@@ -256,6 +307,90 @@ class LLMServer:
                     "options_seen": body.get("options")})
 
         return Handler
+
+
+def reply_schema(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema a chat request constrains its reply to (OpenAI or Ollama), or {}."""
+    schema = body.get("format") or ((body.get("response_format") or {}).get("json_schema")
+                                    or {}).get("schema")
+    return schema if isinstance(schema, dict) else {}
+
+
+def request_images(messages: list[dict[str, Any]]) -> list[Any]:
+    """The images a chat request carries, in order, as RGB PIL images: Ollama's `images`
+    (base64) and OpenAI's `image_url` content parts (data URLs)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    encoded: list[str] = []
+    for message in messages:
+        encoded += message.get("images") or []
+        content = message.get("content")
+        if isinstance(content, list):
+            encoded += [part["image_url"]["url"].split(",", 1)[-1] for part in content
+                        if isinstance(part, dict) and part.get("type") == "image_url"]
+    return [Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB") for b64 in encoded]
+
+
+def score_pair(images: list[Any]) -> dict[str, Any]:
+    """Scores (1 to 10) of an edit from its before and after images, by looking at them:
+    how much changed (a pixel changed when a channel moved by more than 24) and whether
+    the after image is one flat colour."""
+    import numpy as np
+
+    if len(images) != 2:
+        return {"instruction": 1, "preserved": 1, "quality": 1,
+                "reason": f"expected two images (before, after), got {len(images)}"}
+    before, after = images
+    a = np.asarray(after, dtype=np.float32)
+    b = np.asarray(before.resize(after.size), dtype=np.float32)
+    changed = float((np.abs(a - b).max(axis=2) > 24).mean())
+    flat = float(a.reshape(-1, 3).std(axis=0).max()) < 2.0
+    seen = ["after is the before image unchanged" if changed < 0.005 else
+            f"{changed:.0%} of the image changed"]
+    if flat:
+        seen.append("the after image is one flat colour "
+                    f"{tuple(int(v) for v in a.reshape(-1, 3).mean(axis=0))}")
+    return {"instruction": 1 if changed < 0.005 else 8,
+            "preserved": max(1, min(10, round(10 - 10 * changed))),
+            "quality": 1 if flat else 8, "reason": "; ".join(seen)}
+
+
+# what the edits of a photo add, in turn
+PHOTO_THINGS = ["a wooden bench", "a street lamp", "a potted plant", "a small dog",
+                "a parked bicycle", "a mailbox", "a sleeping cat", "a paper lantern",
+                "a flock of birds", "a kite", "a stone fountain", "a picnic basket",
+                "a garden gnome", "a wind chime", "a birdhouse", "a hammock", "a snowman",
+                "a scarecrow", "a lighthouse", "a hot air balloon"]
+COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128),
+           "red": (200, 30, 30), "orange": (240, 140, 20), "yellow": (235, 215, 40),
+           "green": (40, 160, 60), "blue": (40, 70, 210), "purple": (130, 50, 160),
+           "brown": (120, 75, 40), "pink": (240, 150, 190)}
+
+
+def photo_edits(messages: list[dict[str, Any]]) -> int | None:
+    """How many edits a request about one photo asks for (it carries an image, and its last
+    turn asks for "N edits one can make to THIS photo"), else None."""
+    content = messages[-1].get("content") if messages else None
+    text = content if isinstance(content, str) else " ".join(
+        part.get("text", "") for part in content or () if isinstance(part, dict))
+    match = re.search(r"(\d+) edits one can make to THIS photo", text)
+    has_image = any(m.get("images") or isinstance(m.get("content"), list) and any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"])
+        for m in messages)
+    return int(match.group(1)) if match and has_image else None
+
+
+def colour_name(image: Any) -> str:
+    """The name in `COLOURS` nearest to most of the image's pixels."""
+    from collections import Counter
+
+    pixels = image.convert("RGB").resize((16, 16)).tobytes()
+    names = Counter(min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(
+        pixels[i:i + 3], COLOURS[name]))) for i in range(0, len(pixels), 3))
+    return names.most_common(1)[0][0]
 
 
 class ServerProcess:

@@ -1,8 +1,12 @@
 import json
+import signal
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
+from editkit.errors import RecipeError
 from editkit.run.recipe import load_recipe
 from editkit.run.runner import run_recipe
 
@@ -28,3 +32,26 @@ def records(folder: Path) -> list[dict]:
 
 def manifest(folder: Path) -> dict:
     return json.loads((folder / "run" / "manifest.json").read_text())
+
+
+def kill_and_resume(cli, folder: Path, path: Path, shards: int = 3):
+    """Run the recipe with the CLI, SIGKILL it once `shards` caption shards are on disk, and
+    run it again: the triplets kept at the kill, and the second run's result."""
+    proc = cli.popen("run", path, OPENAI_API_KEY="sk-test")
+    deadline = time.time() + 60
+    while len(list((folder / "run" / "captions").glob("shard-*.jsonl"))) < shards and \
+            time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = sum(r["status"] == "kept" for r in records(folder))
+    return before, cli("run", path, OPENAI_API_KEY="sk-test")
+
+
+def refusal(path: Path) -> tuple[str, str]:
+    """The one problem validating the recipe finds, as (where, message) on one line."""
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    (problem,) = info.value.problems
+    assert "\n" not in problem[1]
+    return problem

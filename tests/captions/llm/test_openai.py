@@ -1,10 +1,9 @@
 """The real `openai` client against a local server speaking /v1/chat/completions."""
 
-import signal
 import time
 
 import pytest
-from llm_helpers import manifest, recipe_file, records, run
+from llm_helpers import kill_and_resume, manifest, recipe_file, records, run
 
 from editkit.errors import ModelError, NeedsKeyError, RunError
 from editkit.testing.llmserver import LLMServer
@@ -132,17 +131,8 @@ def test_killed_stage_resumes_to_the_count_losing_only_requests_in_flight(cli, t
         if use == "ollama":
             options["host"] = server.url
             del options["base_url"]
-        path = recipe_file(tmp_path, use, 60, options)
-        proc = cli.popen("run", path, OPENAI_API_KEY="sk-test")
-        shards = tmp_path / "run" / "captions"
-        deadline = time.time() + 60
-        while len(list(shards.glob("shard-*.jsonl"))) < 3 and time.time() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        before = sum(r["status"] == "kept" for r in records(tmp_path))
+        before, result = kill_and_resume(cli, tmp_path, recipe_file(tmp_path, use, 60, options))
         assert 0 < before < 60
-        result = cli("run", path, OPENAI_API_KEY="sk-test")
         assert result.returncode == 0, result.stderr
         made = server.triplets
     recs = records(tmp_path)
