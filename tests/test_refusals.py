@@ -444,3 +444,20 @@ def test_one_owner_of_the_default_guidance():
     assert pick_guidance(None, None, None) == {**DEFAULT_GUIDANCE, "text_from": "default",
                                                "image_from": "default"}
     assert EvalSettings().guidance is None and EvalSettings().image_guidance is None
+
+
+def test_a_photo_renderer_after_captions_without_photos_is_refused(tmp_path):
+    recipe = BASE + "render: {use: photo, options: {model: shapes-sd, width: 64, height: 64}}\n"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path, recipe))
+    assert info.value.problems == [(
+        "render.use", "'photo' renders triplets made from photos, and captions 'template' has "
+        "none: set captions.options.photos to a folder of photos (openai, ollama, "
+        "shapes-photos), or use prompt-to-prompt")]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
+    ok = BASE.replace("{use: template, count: 3}",
+                      "{use: shapes-photos, count: 2, options: {photos: " + str(photos) + "}}")
+    load_recipe(write_recipe(tmp_path, ok + "render: {use: photo, options: {model: shapes-sd, "
+                             "width: 64, height: 64}}\n"))

@@ -164,13 +164,19 @@ class PromptToPrompt(PairRenderer):
                           seeds=[s.seed for s in samples],
                           guidance=[s.guidance for s in samples],
                           negative=opts.negative_prompt)
+        start = {"scheduler": opts.scheduler, **self.start(pipe, samples)}
         before, after = sample_pairs(pipe, batch, steps=opts.steps, height=opts.height,
-                                     width=opts.width, scheduler=opts.scheduler,
-                                     controller=control, latent_hook=local_blend)
+                                     width=opts.width, controller=control,
+                                     latent_hook=local_blend, **start)
         mask = state["mask"]
         if mask is not None:
             mask = maskops.resize(mask, (opts.height, opts.width)).round()
         return before, after, mask
+
+    def start(self, pipe: Any, samples: list[Sample]) -> dict[str, Any]:
+        """Where sampling starts: extra `sample_pairs` arguments (noise, scheduler, ...);
+        none here: each sample's seed draws its noise."""
+        return {}
 
     def _split(self, pipe: Any, samples: list[Sample]) -> tuple[Any, Any, Any]:
         """Samples whose triplets need different cross modes render in one batch per mode."""

@@ -123,12 +123,13 @@ def content_weights(tokenizer: Any, prompt: str, length: int) -> torch.Tensor:
     return out
 
 
-def changed_words(before: str, after: str) -> list[str]:
+def changed_words(before: str, after: str, side: str = "both") -> list[str]:
     """Words of either prompt that the other lacks (difflib over words): the edit, for
-    triplets that do not say which words changed."""
+    triplets that do not say which words changed. `side` "before" or "after" keeps only that
+    prompt's words (what an image of it shows where the edit happens)."""
     b, a = before.split(), after.split()
     out: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=b, b=a, autojunk=False).get_opcodes():
         if op != "equal":
-            out += b[i1:i2] + a[j1:j2]
+            out += (b[i1:i2] if side != "after" else []) + (a[j1:j2] if side != "before" else [])
     return [w for w in dict.fromkeys(_norm(w) for w in out) if w and w not in STOPWORDS]

@@ -126,6 +126,8 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
         if len(step_noise) != len(timesteps):
             raise ValueError(f"step_noise has {len(step_noise)} maps for {len(timesteps)} "
                              "sampling steps: give one per step")
+        for i, item in enumerate(step_noise):
+            _check_shape(f"step_noise[{i}]", item, (count, channels, *latent_hw))
     cond = [text for pair in zip(batch.before, batch.after) for text in pair]
     embeds = encode_prompts(pipe, [batch.negative] * (2 * count) + cond)
     if uncond is not None:

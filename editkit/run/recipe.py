@@ -261,6 +261,7 @@ def validate(data: dict[str, Any], source: str) -> Recipe:
         if model.evaluate is not None and model.render is None:
             problems.append(("evaluate", "evaluate holds out pairs of the render stage; add a "
                              "render stage, or measure a dataset with editkit eval"))
+        problems += _photo_problems(plugins)
         if not any([model.captions, model.render, model.filters, model.train]):
             problems.append(("", f"a recipe needs at least one stage: {', '.join(STAGES)}"))
     if problems:
@@ -269,6 +270,21 @@ def validate(data: dict[str, Any], source: str) -> Recipe:
     assert model is not None
     reg.check_conflicts()
     return Recipe(model=model, source=source, plugins=plugins)
+
+
+def _photo_problems(plugins: dict[str, StagePlugin]) -> list[tuple[str, str]]:
+    """A renderer that renders photos (its Options' `NEEDS_PHOTOS`) after a caption generator
+    that has no photos would reject every triplet: refused before any work."""
+    render, captions = plugins.get("render"), plugins.get("captions")
+    if render is None or captions is None or \
+            not getattr(type(render.options), "NEEDS_PHOTOS", False):
+        return []
+    if getattr(captions.options, "photos", None):
+        return []
+    use = render.info.name
+    return [("render.use", f"'{use}' renders triplets made from photos, and captions "
+             f"'{captions.info.name}' has none: set captions.options.photos to a folder of "
+             "photos (openai, ollama, shapes-photos), or use prompt-to-prompt")]
 
 
 def _model_problems(plugins: dict[str, StagePlugin],

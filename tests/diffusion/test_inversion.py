@@ -1,6 +1,7 @@
 """Real-image inversion: tiny random Stable Diffusion models for the mechanics, the shipped
 shapes-sd model and the shapes world's oracle for whether a photo comes back."""
 
+import dataclasses
 import random
 
 import pytest
@@ -194,3 +195,78 @@ def test_null_text_brings_shapes_photos_back_under_guidance(shapes, steps):
     recon = inv.reconstruct(shapes, result)
     same = [same_scene(read_scene(to_pil(im)), s) for im, s in zip(recon, scenes)]
     assert sum(same) >= 15, same
+
+
+def rounding(result):
+    """What float32 rounding may leave of an exact reconstruction: errors are relative to the
+    largest latent sampling went through."""
+    return 1e-4 * max(float(x.abs().max()) for x in result.latents)
+
+
+def small_photos(count, seed=0):
+    scenes, images = photos(count, seed)
+    return [s.caption() for s in scenes], images, dict(height=32, width=32)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_eps", "tiny"])
+@pytest.mark.parametrize("guidance, skip", [(1.0, 0), ([3.0, 5.0], 0), ([1.0, 3.0], 3)])
+def test_edit_friendly_inversion_gives_the_photo_back_at_any_guidance(fixture, guidance, skip,
+                                                                     request):
+    pipe = request.getfixturevalue(fixture)
+    captions, images, size = small_photos(2)
+    result = inv.invert(pipe, images, captions, steps=8, guidance=guidance, seed=[1, 2],
+                        method="edit-friendly", skip=skip, **size)
+    latents = inv.encode_image(pipe, images, **size)
+    assert result.method == "edit-friendly" and result.start_step == skip
+    assert result.steps == 8 - skip and result.schedule_steps == 8
+    assert torch.equal(result.timesteps, inv.ddim_scheduler(pipe, 8).timesteps[skip:])
+    assert len(result.step_noise) == len(result.uncond) == 8 - skip
+    assert all(m.shape == latents.shape for m in result.step_noise)
+    assert torch.equal(result.latents[0], latents)
+    back = inv.reconstruct_latents(pipe, result)
+    assert (back - latents).abs().max() < rounding(result)
+    # the noise maps are what brings it back: plain DDIM from the same noise lands elsewhere
+    ddim = inv.reconstruct_latents(pipe, dataclasses.replace(result, step_noise=None))
+    assert (ddim - latents).abs().max() > 100 * rounding(result)
+
+
+def test_an_edit_friendly_batch_inverts_each_image_as_alone_with_its_seed(tiny):
+    captions, images, size = small_photos(2, seed=1)
+    both = inv.invert(tiny, images, captions, steps=6, guidance=[1.0, 4.0], seed=[5, 6],
+                      method="edit-friendly", skip=1, **size)
+    assert both.guidance == [1.0, 4.0]
+    for k, seed in enumerate([5, 6]):
+        alone = inv.invert(tiny, images[k], captions[k], steps=6, guidance=both.guidance[k],
+                           seed=seed, method="edit-friendly", skip=1, **size)
+        assert torch.allclose(alone.noise[0], both.noise[k], atol=1e-5)
+        for mine, theirs in zip(alone.step_noise, both.step_noise):
+            assert (mine[0] - theirs[k]).abs().max() < 1e-3 * theirs[k].abs().max()
+        assert torch.allclose(inv.reconstruct_latents(tiny, alone)[0],
+                              inv.reconstruct_latents(tiny, both)[k], atol=rounding(both))
+
+
+def test_edit_friendly_noise_comes_from_the_seed(tiny):
+    captions, images, size = small_photos(1, seed=2)
+    args = dict(steps=6, guidance=3.0, method="edit-friendly", **size)
+    first = inv.invert(tiny, images, captions, seed=7, **args)
+    again = inv.invert(tiny, images, captions, seed=7, **args)
+    other = inv.invert(tiny, images, captions, seed=8, **args)
+    assert all(torch.equal(a, b) for a, b in zip(first.step_noise, again.step_noise))
+    assert all(torch.equal(a, b) for a, b in zip(first.latents, again.latents))
+    assert all((a - b).abs().mean() > 0.5 for a, b in zip(first.step_noise, other.step_noise))
+    assert (first.noise - other.noise).abs().mean() > 0.5
+    latents = inv.encode_image(tiny, images, **size)
+    for result in (first, other):
+        assert (inv.reconstruct_latents(tiny, result) - latents).abs().max() < rounding(result)
+
+
+def test_edit_friendly_arguments_are_checked(tiny):
+    latents = initial_noise(tiny, [1, 2], (16, 16))
+    args = dict(steps=4, method="edit-friendly")
+    for skip in (4, -1):
+        with pytest.raises(ValueError, match=rf"skip {skip} is outside 0\.\.3"):
+            inv.invert(tiny, latents, CAPTION, skip=skip, **args)
+    with pytest.raises(ValueError, match="3 seeds for 2 images"):
+        inv.invert(tiny, latents, CAPTION, seed=[1, 2, 3], **args)
+    with pytest.raises(ValueError, match="skip is for the edit-friendly inversion only"):
+        inv.invert(tiny, latents, CAPTION, steps=4, method="negative-prompt", skip=1)

@@ -102,7 +102,7 @@ def test_copy_of_an_unknown_name_lists_the_built_ins(cli, tmp_path):
     result = cli("recipes", "copy", "kitchens")
     assert result.returncode == 1
     assert result.stderr.strip() == ("Error: no built-in recipe 'kitchens'; built-in recipes: "
-                                     + ", ".join(p.stem for p in RECIPES))
+                                     + ", ".join(sorted(p.stem for p in RECIPES)))
     assert list(tmp_path.iterdir()) == []
 
 

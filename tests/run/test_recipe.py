@@ -28,7 +28,7 @@ filtrs: []
     err = result.stderr
     assert "3 problems" in err
     assert "filtrs: unknown key (did you mean 'filters'?)" in err
-    assert "render.use: unknown renderer 'p2pp'; installed: masked-blend, prompt-to-prompt" in err
+    assert "render.use: unknown renderer 'p2pp'; installed: masked-blend, photo, prompt-to-prompt" in err
     assert "captions.options.max_objects: Input should be a valid integer" in err
     assert "'many'" in err
     assert "Traceback" not in err
@@ -40,7 +40,7 @@ def test_unknown_plugin_suggests_close_name(tmp_path):
         load_recipe(path)
     assert info.value.problems == [
         ("captions.use", "unknown caption generator 'templat' (did you mean 'template'?); "
-                         "installed: ollama, openai, shapes, template")]
+                         "installed: ollama, openai, shapes, shapes-photos, template")]
 
 
 def test_misspelled_option_is_an_error_not_a_default(tmp_path):

@@ -16,8 +16,10 @@ MODEL_NAMES = ("shapes-sd", "shapes-clip", "shapes-dino", "shapes-edit")
 @hookimpl
 def register_caption_generators(register):
     from editkit.builtins.shapes.captions import ShapesCaptions
+    from editkit.builtins.shapes.photos import ShapesPhotos
 
     register(ShapesCaptions)
+    register(ShapesPhotos)
 
 
 @hookimpl
