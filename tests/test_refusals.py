@@ -83,17 +83,27 @@ def unwritable(folder: Path) -> Path:
 
 def test_unsupported_family_in_a_local_folder_is_refused_at_validation(cli, tmp_path):
     sdxl_folder(tmp_path / "sdxl")
-    recipe = write_recipe(tmp_path, BASE + "render: {use: prompt-to-prompt, options: "
-                                           "{model: ./sdxl}}\n")
-    line = refused(cli("run", recipe.name), "render.options.model", "'./sdxl' is an SDXL model",
+    recipe = write_recipe(tmp_path, BASE + "train: {use: lora, options: {base: ./sdxl}}\n")
+    line = refused(cli("run", recipe.name), "train.options.base", "'./sdxl' is an SDXL model",
                    "StableDiffusionXLPipeline", "Stable Diffusion 1.x/2.x",
                    "InstructPix2Pix")
-    assert line.startswith("Error: recipe.yaml: render.options.model:")
+    assert line.startswith("Error: recipe.yaml: train.options.base:")
     assert not (tmp_path / "runs").exists()
 
 
+def test_sdxl_renders_but_is_refused_where_a_stage_cannot_take_it_yet(tmp_path):
+    ref = "stabilityai/stable-diffusion-xl-base-1.0"
+    text = BASE + (f"render: {{use: masked-blend, options: {{model: {ref}}}}}\n"
+                   f"train: {{use: lora, options: {{base: {ref}}}}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path, text))
+    ((path, message),) = info.value.problems
+    assert path == "train.options.base"
+    assert "is an SDXL model" in message and "known from its hub id" in message
+
+
 @pytest.mark.parametrize("ref, family", [
-    ("stabilityai/stable-diffusion-xl-base-1.0", "SDXL"),
+    ("diffusers/sdxl-instructpix2pix-768", "SDXL InstructPix2Pix"),
     ("black-forest-labs/FLUX.1-dev", "FLUX.1"),
     ("black-forest-labs/FLUX.1-Kontext-dev", "FLUX.1 Kontext"),
     ("Qwen/Qwen-Image", "Qwen-Image"),
@@ -160,7 +170,8 @@ def test_the_load_path_refuses_an_unsupported_folder_in_one_line(tmp_path):
     from editkit.models.editors import load_edit_pipeline
 
     folder = sdxl_folder(tmp_path / "sdxl")
-    with pytest.raises(ModelError, match="is an SDXL model") as info:
+    with pytest.raises(ModelError, match="is an SDXL model.*StableDiffusionPipeline does not "
+                       "load") as info:
         load(StableDiffusionPipeline, str(folder))
     assert "\n" not in str(info.value)
     with pytest.raises(ModelError, match="is an SDXL model"):

@@ -23,7 +23,7 @@ MaskSource = Literal["words", "image", "foreground", "background", "region"]
 
 class MaskedBlendOptions(PairOptions):
     # the option that holds a model, and what it must be (checked at recipe validation)
-    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"model": "text-to-image"}
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"model": "render"}
 
     mask: MaskSource = Field("words", description="words: attention of the edited words; "
                              "image: mask_image; foreground/background: split of the caption's "

@@ -19,7 +19,7 @@ from editkit.diffusion.renderer import PairOptions, PairRenderer, Sample, Triple
 
 class PromptToPromptOptions(PairOptions):
     # the option that holds a model, and what it must be (checked at recipe validation)
-    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"model": "text-to-image"}
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"model": "render"}
 
     control: bool = Field(
         True, description="attention control on; false renders the two prompts "

@@ -98,17 +98,13 @@ class PairRenderer(Renderer):
     def pipeline(self) -> Any:
         """The diffusers components, loaded once per renderer."""
         if self._pipe is None:
-            from diffusers import StableDiffusionPipeline
-
-            from editkit.models import load, pick_device, pick_dtype
+            from editkit.models import pick_device, pick_dtype
+            from editkit.models.families import family_for
 
             device = pick_device(self.options.device)
-            pipe = load(StableDiffusionPipeline, self.options.model, "Stable Diffusion model",
-                        safety_checker=None, requires_safety_checker=False,
-                        torch_dtype=pick_dtype(device, self.options.dtype))
-            pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            self._pipe = pipe
+            family = family_for(self.options.model)
+            self._pipe = family.load_text_to_image(
+                self.options.model, device, pick_dtype(device, self.options.dtype))
         return self._pipe
 
     # --- what a renderer implements --------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 
 from editkit.diffusion.control import AttentionController, attention_control
 from editkit.diffusion.schedulers import make_scheduler
+from editkit.models.families import family_of
 
 # latent_hook(step, before, after) -> after, or (before, after): runs after every scheduler
 # step; what it returns replaces the latents the next step starts from.
@@ -129,7 +130,12 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
         for i, item in enumerate(step_noise):
             _check_shape(f"step_noise[{i}]", item, (count, channels, *latent_hw))
     cond = [text for pair in zip(batch.before, batch.after) for text in pair]
-    embeds = encode_prompts(pipe, [batch.negative] * (2 * count) + cond)
+    conditioning = family_of(pipe).encode(pipe, [batch.negative] * (2 * count), cond,
+                                          (height, width))
+    embeds = conditioning.hidden
+    if uncond is not None and conditioning.added is not None:
+        raise ValueError("uncond (per-step unconditional embeddings of an inversion) is for "
+                         "Stable Diffusion 1.x/2.x models")
     if uncond is not None:
         if len(uncond) != len(timesteps):
             raise ValueError(f"uncond has {len(uncond)} embeddings for {len(timesteps)} "
@@ -157,8 +163,8 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
                 shared = uncond[i].to(embeds.device, embeds.dtype).repeat_interleave(2, dim=0)
                 embeds = torch.cat([shared, embeds[2 * count:]])
             model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
-            output = pipe.unet(model_in, t, encoder_hidden_states=embeds,
-                               return_dict=False)[0]
+            conditioning.hidden = embeds
+            output = pipe.unet(model_in, t, **conditioning.unet_kwargs(), return_dict=False)[0]
             out_uncond, out_text = output.chunk(2)
             guided = out_uncond + guidance * (out_text - out_uncond)
             if step_noise is not None:

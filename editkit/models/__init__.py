@@ -131,6 +131,7 @@ def load(cls: Any, ref: str | Path | ModelRef, what: str = "model", **kwargs: An
     model_ref = ref if isinstance(ref, ModelRef) else resolve(ref)
     if str(getattr(cls, "__module__", "")).startswith("diffusers"):
         check_family(model_ref)
+        _check_pipeline_class(cls, model_ref)
     try:
         return cls.from_pretrained(model_ref.location, **kwargs)
     except Exception as exc:  # the libraries raise OSError, ValueError, EnvironmentError, ...
@@ -141,6 +142,21 @@ def load(cls: Any, ref: str | Path | ModelRef, what: str = "model", **kwargs: An
         else:
             hint = "check that the folder holds a complete diffusers/transformers checkpoint"
         raise ModelError(f"could not load {what} '{model_ref.ref}': {first}", hint) from exc
+
+
+def _check_pipeline_class(cls: Any, ref: ModelRef) -> None:
+    """An SDXL model given to a Stable Diffusion 1.x/2.x pipeline class, or the other way
+    round: one line before loading, not a shape error deep inside the first call."""
+    name = getattr(cls, "__name__", "")
+    found = find_family(ref)
+    if found is None or not name.startswith("StableDiffusion") or \
+            found.name not in ("sd", "ip2p", "sdxl", "sdxl-ip2p"):
+        return
+    if name.startswith("StableDiffusionXL") != found.name.startswith("sdxl"):
+        raise ModelError(f"'{ref.ref}' is {FAMILIES[found.name]} ({found.how}), which "
+                         f"{name} does not load",
+                         "give it to a stage that takes its family (SDXL renders with "
+                         "prompt-to-prompt and masked-blend)")
 
 
 def _cached_revision(repo_id: str) -> str | None:
@@ -164,6 +180,7 @@ FAMILIES: dict[str, str] = {  # family -> how a message names it
     "ip2p": "an InstructPix2Pix editor",
     "sd-inpaint": "a Stable Diffusion inpainting model",
     "sdxl": "an SDXL model",
+    "sdxl-ip2p": "an SDXL InstructPix2Pix editor",
     "sd3": "a Stable Diffusion 3 model",
     "flux": "a FLUX.1 model",
     "flux-kontext": "a FLUX.1 Kontext editor",
@@ -182,14 +199,16 @@ FAMILIES: dict[str, str] = {  # family -> how a message names it
     "auraflow": "an AuraFlow model",
     "other": "a diffusers pipeline of a kind editkit does not know",
 }
-SUPPORTED_FAMILIES = ("sd", "ip2p")
-SUPPORTED = "Stable Diffusion 1.x/2.x text-to-image models and InstructPix2Pix editors"
+SUPPORTED_FAMILIES = ("sd", "ip2p", "sdxl")
+SUPPORTED = ("Stable Diffusion 1.x/2.x text-to-image models and InstructPix2Pix editors, and "
+             "SDXL text-to-image models for rendering")
 SUPPORTED_EXAMPLES = "stable-diffusion-v1-5/stable-diffusion-v1-5 or timbrooks/instruct-pix2pix"
 
 # What an option that holds a model needs from it. A plugin's Options names its model options
 # and their roles in `MODEL_OPTIONS` (like {"model": "text-to-image"}); validation checks them.
 ROLES: dict[str, tuple[tuple[str, ...], str]] = {
     "text-to-image": (("sd",), "a Stable Diffusion 1.x/2.x text-to-image model"),
+    "render": (("sd", "sdxl"), "a Stable Diffusion 1.x/2.x or SDXL text-to-image model"),
     "edit": (("sd", "ip2p"), "an InstructPix2Pix editor, or a Stable Diffusion 1.x/2.x model "
                              "to make one from"),
     "editor": (("ip2p",), "an InstructPix2Pix editor (like timbrooks/instruct-pix2pix) or a "
@@ -199,7 +218,8 @@ ROLES: dict[str, tuple[tuple[str, ...], str]] = {
 # model_index.json's `_class_name` -> family, first match wins; "StableDiffusion*" and unknown
 # names are decided by the UNet's config (channels, SDXL's extra embeddings)
 _CLASS_PREFIXES = (
-    ("StableDiffusionXL", "sdxl"), ("StableDiffusion3", "sd3"),
+    ("StableDiffusionXLInstructPix2Pix", "sdxl-ip2p"), ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusion3", "sd3"),
     ("StableDiffusionInstructPix2Pix", "ip2p"), ("StableDiffusionInpaint", "sd-inpaint"),
     ("FluxKontext", "flux-kontext"), ("Flux2", "flux2"), ("Flux", "flux"),
     ("QwenImageEdit", "qwen-image-edit"), ("QwenImage", "qwen-image"),
@@ -216,6 +236,8 @@ _NAME_PATTERNS = tuple((re.compile(pattern), family) for pattern, family in (
     (r"flux", "flux"),
     (r"qwen[._-]?image[._-]?edit", "qwen-image-edit"),
     (r"qwen[._-]?image", "qwen-image"),
+    (rf"(stable[._-]?diffusion[._-]?xl|{_EDGE}sd[._-]?xl).*pix2pix|pix2pix.*{_EDGE}sd[._-]?xl",
+     "sdxl-ip2p"),
     (rf"stable[._-]?diffusion[._-]?xl|{_EDGE}sd[._-]?xl|playground[._-]?v2", "sdxl"),
     (rf"stable[._-]?diffusion[._-]?3|{_EDGE}sd[._-]?3", "sd3"),
     (r"kandinsky", "kandinsky"),
@@ -416,9 +438,9 @@ def _unet_family(unet: dict[str, Any] | None) -> str | None:
     """SD, InstructPix2Pix, inpainting or SDXL from a UNet2DConditionModel's config."""
     if not unet or unet.get("_class_name") != "UNet2DConditionModel":
         return None
-    if unet.get("addition_embed_type") == "text_time":
-        return "sdxl"
     latent, taken = unet.get("out_channels", 4), unet.get("in_channels", 4)
+    if unet.get("addition_embed_type") == "text_time":
+        return "sdxl-ip2p" if taken == 2 * latent else "sdxl"
     if taken == latent:
         return "sd"
     if taken == 2 * latent:

@@ -146,6 +146,58 @@ def build_tiny_ip2p(path: str | Path, seed: int = 0) -> Path:
     return build_tiny_sd(path, in_channels=8, seed=seed)
 
 
+def build_tiny_sdxl(path: str | Path, in_channels: int = 4, seed: int = 0) -> Path:
+    """An SDXL pipeline folder (in_channels=8: an SDXL InstructPix2Pix editor): two CLIP text
+    encoders (the second with a projection, whose pooled embedding and the size/crop time ids
+    feed the UNet's added embedding), a UNet with SDXL's text_time embedding, linear
+    projections and two transformer layers at the lower level, a VAE that downsamples 8x as
+    the real one does, and SDXL's Euler scheduler. 64 px images make 8x8 latents."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    build_tiny_tokenizer(path / "tokenizer")
+    build_tiny_tokenizer(path / "tokenizer_2")
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(path / "tokenizer_2")
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(len(tokenizer))))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(len(tokenizer_2))))
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(4, 8), use_linear_projection=True,
+        transformer_layers_per_block=(1, 2), cross_attention_dim=64,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=32 + 6 * time_dim)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8, sample_size=64, scaling_factor=0.13025, force_upcast=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1,
+                                       timestep_spacing="leading")
+    if in_channels == 8:
+        from diffusers import StableDiffusionXLInstructPix2PixPipeline as Pipeline
+    else:
+        from diffusers import StableDiffusionXLPipeline as Pipeline
+    pipe = Pipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                    tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                    scheduler=scheduler, force_zeros_for_empty_prompt=True,
+                    add_watermarker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def build_tiny_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
     """A CLIPModel with its processor (tokenizer + PIL image processor)."""
     import torch
@@ -190,6 +242,8 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-sd-v": lambda p: build_tiny_sd(p, prediction_type="v_prediction"),
     "tiny-sd2": lambda p: build_tiny_sd(p, prediction_type="v_prediction", sd2=True),
     "tiny-ip2p": build_tiny_ip2p,
+    "tiny-sdxl": build_tiny_sdxl,
+    "tiny-sdxl-ip2p": lambda p: build_tiny_sdxl(p, in_channels=8),
     "tiny-clip": build_tiny_clip,
     "tiny-dinov2": build_tiny_dinov2,
 }

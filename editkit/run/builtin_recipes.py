@@ -54,7 +54,8 @@ def recipes_root() -> Path:
 def builtin_recipes() -> list[BuiltinRecipe]:
     """Every shipped recipe, by name."""
     root = recipes_root()
-    return [_describe(path) for path in sorted(root.glob("*.yaml"))] if root.is_dir() else []
+    return [_describe(path) for path in sorted(root.glob("*.yaml"), key=lambda p: p.stem)] \
+        if root.is_dir() else []
 
 
 def builtin_names() -> list[str]:
