@@ -1,14 +1,20 @@
 """Seconds per pair: plain batched generation of the two prompts with diffusers' own
-`StableDiffusionPipeline` (prompt=[before, after], same model, steps, size and guidance)
-against each of our renderer modes, measured interleaved in one run, with the ratio.
+pipeline of the model's family (`StableDiffusionPipeline` or `StableDiffusionXLPipeline`,
+prompt=[before, after], same model, steps, size and guidance) against each of our renderer
+modes, measured interleaved in one run, with the ratio.
 
     python benchmarks/render.py                      # tiny-sd on the CPU
+    python benchmarks/render.py --model tiny-sdxl --steps 10 --size 64
     python benchmarks/render.py --model tiny-sd --steps 20 --size 64 --repeat 7
     python benchmarks/render.py --sd-sized --device cuda --size 512 --steps 50
+    python benchmarks/render.py --sdxl-sized --device cuda --size 1024 --steps 30
+    python benchmarks/render.py --sdxl-sized --dry   # builds it on the meta device only
 
 `--sd-sized` builds a randomly initialised model with Stable Diffusion 1.5's layout and
-sizes (UNet 860M, CLIP ViT-L text encoder, VAE) in memory, for GPU timings without weights.
-The target: median ratio <= 1.15.
+sizes (UNet 860M, CLIP ViT-L text encoder, VAE) in memory, for GPU timings without weights;
+`--sdxl-sized` one with SDXL 1.0 base's (UNet 2.57B, CLIP ViT-L and OpenCLIP ViT-bigG text
+encoders, VAE), initialised on the GPU. `--dry` builds or loads the model, says what it is
+and exits without timing. The target: median ratio <= 1.15.
 """
 
 from __future__ import annotations
@@ -61,6 +67,53 @@ def sd_sized(folder: Path) -> str:
     return str(folder)
 
 
+def sdxl_sized(device: str, dtype: Any) -> Any:
+    """An SDXL 1.0 base-shaped text-to-image pipeline with random weights, in memory: built on
+    `device` (the meta device: its sizes only, no memory), tiny tokenizers."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    from editkit.testing import build_tiny_tokenizer
+    from editkit.testing.shaped import SCHEDULER, shaped_parts
+
+    folder = Path(tempfile.mkdtemp())
+    tokenizers = {name: CLIPTokenizer.from_pretrained(build_tiny_tokenizer(folder / name))
+                  for name in ("tokenizer", "tokenizer_2")}
+    torch.manual_seed(0)
+    with torch.device(device):
+        parts = shaped_parts("sdxl-shaped", in_channels=4, tokens=len(tokenizers["tokenizer"]))
+    pipe = StableDiffusionXLPipeline(
+        **parts, **tokenizers, force_zeros_for_empty_prompt=True, add_watermarker=False,
+        scheduler=EulerDiscreteScheduler(**SCHEDULER, timestep_spacing="leading"))
+    if device != "meta":
+        pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def describe(pipe: Any, size: int) -> str:
+    """Parameters per part, and the attention layers control runs on at `size` px."""
+    from editkit.diffusion.control import unet_layers
+    from editkit.diffusion.sampling import latent_size
+    from editkit.diffusion.word_maps import map_factor, pick_level
+
+    parts = [(name, getattr(pipe, name, None)) for name in
+             ("unet", "text_encoder", "text_encoder_2", "vae")]
+    sizes = {name: sum(p.numel() for p in part.parameters()) for name, part in parts
+             if part is not None}
+    counts = ", ".join(f"{name} {n / 1e6:.1f}M" if n >= 1e5 else f"{name} {n / 1e3:.1f}k"
+                       for name, n in sizes.items())
+    layers = unet_layers(pipe.unet)
+    latent_hw = latent_size(pipe, size, size)
+    cross = sorted({layer.factor for layer in layers.values() if layer.cross})
+    level = pick_level(layers, map_factor(latent_hw))
+    return (f"{type(pipe).__name__}: {counts}; {len(layers)} attention layers, "
+            f"cross-attention at factors {cross}; at {size} px latents {latent_hw}, word maps "
+            f"from factor {level} "
+            f"({sum(1 for x in layers.values() if x.cross and x.factor == level)} layers)")
+
+
 def modes(common: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
     """name -> (renderer, options, triplet)."""
     swap = {"id": "000000", "input": BEFORE, "output": AFTER, "words": ["blue"],
@@ -84,6 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="tiny-sd")
     parser.add_argument("--sd-sized", action="store_true")
+    parser.add_argument("--sdxl-sized", action="store_true",
+                        help="SDXL 1.0 base's shapes, random weights (times a GPU)")
+    parser.add_argument("--dry", action="store_true",
+                        help="build or load the model, describe it and exit")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--steps", type=int, default=20)
@@ -94,14 +151,25 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from editkit.diffusion.renderer import PairRenderer
+    from editkit.models import pick_device, pick_dtype
     from editkit.plugin.kinds import RenderJob
     from editkit.plugin.registry import registry
 
     torch.set_num_threads(args.threads)
-    model = sd_sized(Path(tempfile.mkdtemp())) if args.sd_sized else args.model
+    shared = None
+    if args.sdxl_sized:
+        if args.dry:
+            print(describe(sdxl_sized("meta", None), args.size))
+            return
+        if not args.device.startswith("cuda"):
+            parser.error("--sdxl-sized initialises 3.5B parameters for GPU timings: pass "
+                         "--device cuda (or --dry to build it on the meta device only)")
+        device = pick_device(args.device)
+        shared = sdxl_sized(device, pick_dtype(device, args.dtype))
+    model = sd_sized(Path(tempfile.mkdtemp())) if args.sd_sized else \
+        "sdxl-sized" if args.sdxl_sized else args.model
     common = dict(model=model, samples=args.samples, steps=args.steps, width=args.size,
                   height=args.size, guidance=(7.5, 7.5), device=args.device, dtype=args.dtype)
     renderers: dict[str, PairRenderer] = {}
@@ -115,7 +183,10 @@ def main() -> None:
             shared = renderers[name].pipeline()
         renderers[name]._pipe = shared  # one copy of the weights for every mode
         triplets[name] = triplet
-    pipe: StableDiffusionPipeline = shared
+    pipe = shared
+    if args.dry:
+        print(describe(pipe, args.size))
+        return
 
     def baseline() -> None:
         generator = torch.Generator("cpu").manual_seed(0)
@@ -141,7 +212,9 @@ def main() -> None:
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - start) / args.samples)
     base = statistics.median(times["diffusers pipeline (baseline)"])
-    print(f"model={'sd-sized (random)' if args.sd_sized else args.model} device={pipe.device} "
+    label = "sd-sized (random)" if args.sd_sized else "sdxl-sized (random)" \
+        if args.sdxl_sized else args.model
+    print(f"model={label} ({type(pipe).__name__}) device={pipe.device} "
           f"steps={args.steps} size={args.size} samples={args.samples} repeat={args.repeat}")
     print(f"{'mode':32} {'s/pair':>8} {'ratio':>7}")
     ratios = []

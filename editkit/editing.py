@@ -1,4 +1,5 @@
-"""`editkit edit`: one-off edits of real images with an instruction-editing model.
+"""`editkit edit`: one-off edits of real images with an instruction-editing model (a Stable
+Diffusion or SDXL InstructPix2Pix editor; its family runs it).
 
 The aspect ratio is kept: the long side goes to `size`, both sides round to what the model
 accepts, and the result is returned at the input's size (said out loud when it differs).
@@ -174,7 +175,7 @@ def model_multiple(pipe: Any) -> int:
 
 def native_size(pipe: Any) -> int:
     """The side the model was trained at: the UNet's sample size in pixels (512 for Stable
-    Diffusion 1.5 and InstructPix2Pix, 64 for the shapes world's models)."""
+    Diffusion 1.5 and InstructPix2Pix, 1024 for SDXL, 64 for the shapes world's models)."""
     sample = pipe.unet.config.sample_size
     sample = max(sample) if isinstance(sample, (list, tuple)) else sample
     return int(sample) * int(pipe.vae_scale_factor)
@@ -457,7 +458,7 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
                          "pass PNG, JPEG or WebP files")
     from editkit.models import check_family
 
-    check_family(model)  # an SDXL, FLUX, ... model: one line before torch loads
+    check_family(model)  # a FLUX, ... model: one line before torch loads
     if base:
         check_family(base)
     total, empty = len(images), []
@@ -480,8 +481,10 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     import torch
 
     from editkit.models.editors import load_edit_pipeline
+    from editkit.models.families import family_named
 
     pipe, spec = load_edit_pipeline(model, device=device, dtype=dtype, base=base)
+    family = family_named(spec.family)
     settings = with_guidance(settings, spec.guidance, say)
     if settings.size is None:
         settings = replace(settings, size=native_size(pipe))
@@ -514,8 +517,8 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
                                                       settings.steps, **call)
                 maps.update(zip(batch, found))
             else:
-                out_images = pipe([settings.instruction] * len(batch), image=inputs,
-                                  num_inference_steps=settings.steps, **call).images
+                out_images = family.edit(pipe, [settings.instruction] * len(batch), inputs,
+                                         settings.steps, **call)
             for (i, k), edited in zip(batch, out_images):
                 results[(i, k)] = edited
     for index, image in enumerate(originals):

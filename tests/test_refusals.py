@@ -83,10 +83,10 @@ def unwritable(folder: Path) -> Path:
 
 def test_unsupported_family_in_a_local_folder_is_refused_at_validation(cli, tmp_path):
     sdxl_folder(tmp_path / "sdxl")
-    recipe = write_recipe(tmp_path, BASE + "train: {use: lora, options: {base: ./sdxl}}\n")
+    recipe = write_recipe(tmp_path, BASE + "train: {use: dreambooth, options: {base: ./sdxl, "
+                                           "instance_images: .}}\n")
     line = refused(cli("run", recipe.name), "train.options.base", "'./sdxl' is an SDXL model",
-                   "StableDiffusionXLPipeline", "Stable Diffusion 1.x/2.x",
-                   "InstructPix2Pix")
+                   "StableDiffusionXLPipeline", "Stable Diffusion 1.x/2.x")
     assert line.startswith("Error: recipe.yaml: train.options.base:")
     assert not (tmp_path / "runs").exists()
 
@@ -94,7 +94,8 @@ def test_unsupported_family_in_a_local_folder_is_refused_at_validation(cli, tmp_
 def test_sdxl_renders_but_is_refused_where_a_stage_cannot_take_it_yet(tmp_path):
     ref = "stabilityai/stable-diffusion-xl-base-1.0"
     text = BASE + (f"render: {{use: masked-blend, options: {{model: {ref}}}}}\n"
-                   f"train: {{use: lora, options: {{base: {ref}}}}}\n")
+                   f"train: {{use: dreambooth, options: {{base: {ref}, "
+                   "instance_images: .}}\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(write_recipe(tmp_path, text))
     ((path, message),) = info.value.problems
@@ -103,7 +104,6 @@ def test_sdxl_renders_but_is_refused_where_a_stage_cannot_take_it_yet(tmp_path):
 
 
 @pytest.mark.parametrize("ref, family", [
-    ("diffusers/sdxl-instructpix2pix-768", "SDXL InstructPix2Pix"),
     ("black-forest-labs/FLUX.1-dev", "FLUX.1"),
     ("black-forest-labs/FLUX.1-Kontext-dev", "FLUX.1 Kontext"),
     ("Qwen/Qwen-Image", "Qwen-Image"),
@@ -119,6 +119,23 @@ def test_unsupported_family_by_hub_id_is_refused_in_train_and_render(tmp_path, r
     assert set(paths) == {"render.options.model", "train.options.base"}
     assert family in paths["train.options.base"] and "known from its hub id" in \
         paths["train.options.base"]
+
+
+def test_an_sdxl_editor_edits_and_trains_but_the_renderers_refuse_it(tmp_path):
+    from editkit.models import reference_problem
+
+    ref = "diffusers/sdxl-instructpix2pix-768"
+    assert reference_problem(ref, "editor") is None and reference_problem(ref, "edit") is None
+    assert reference_problem(ref, "train-base") is None
+    text = BASE + (f"render: {{use: masked-blend, options: {{model: {ref}}}}}\n"
+                   f"train: {{use: instruct-pix2pix, options: {{base: {ref}}}}}\n"
+                   f"evaluate: {{base: {ref}}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path, text))
+    ((path, message),) = info.value.problems
+    assert path == "render.options.model"
+    assert "is an SDXL InstructPix2Pix editor (known from its hub id)" in message
+    assert "text-to-image" in message
 
 
 def test_model_family_reads_folders_names_and_editors(tmp_path):
@@ -143,13 +160,15 @@ def test_model_family_reads_folders_names_and_editors(tmp_path):
 
 def test_hub_id_in_the_local_cache_is_known_by_its_model_index(cli, tmp_path):
     snapshot = tmp_path / "hub" / "models--someone--custom" / "snapshots" / ("a" * 40)
-    sdxl_folder(snapshot)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text(json.dumps(
+        {"_class_name": "FluxPipeline", "_diffusers_version": "0.30.0"}))
     (tmp_path / "hub" / "models--someone--custom" / "refs").mkdir()
     (tmp_path / "hub" / "models--someone--custom" / "refs" / "main").write_text("a" * 40)
     recipe = write_recipe(tmp_path, BASE + "train: {use: instruct-pix2pix, options: "
                                            "{base: someone/custom}}\n")
     refused(cli("recipes", "validate", recipe, HF_HUB_CACHE=tmp_path / "hub"),
-            "train.options.base", "SDXL", "in the Hugging Face cache")
+            "train.options.base", "FLUX.1", "in the Hugging Face cache")
     # the same id with nothing cached and no telling name passes offline
     assert cli("recipes", "validate", recipe).returncode == 0
 

@@ -17,7 +17,7 @@ from editkit.training.editor import EditOptions
 
 class FinetuneOptions(EditOptions):
     # the option that holds a model, and what it must be (checked at recipe validation)
-    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "edit"}
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "train-base"}
 
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate, reached "
                                  "after the warm-up; lower than LoRA's, as every UNet weight "

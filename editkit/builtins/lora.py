@@ -21,7 +21,7 @@ TEXT_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's text encod
 
 class LoraOptions(EditOptions):
     # the option that holds a model, and what it must be (checked at recipe validation)
-    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "edit"}
+    MODEL_OPTIONS: ClassVar[dict[str, str]] = {"base": "train-base"}
 
     rank: int = Field(16, ge=1, description="LoRA rank, the adapters' inner size: "
                       "higher can hold more change, with more parameters and a bigger file")
@@ -33,9 +33,10 @@ class LoraOptions(EditOptions):
         "get a LoRA, by name suffix as peft matches them (default: the attention projections)")
     train_conv_in: bool | None = Field(
         None, description="train conv_in (the image channels); default: only when it was "
-                          "widened from a plain Stable Diffusion base")
+                          "widened from a plain text-to-image base")
     train_text_encoder: bool = Field(
         False, description="a LoRA of the same rank on the text encoder's attention too "
+                           "(SDXL: both encoders) "
                            "(saved in the same file; diffusers' loaders apply it): the "
                            "encoder of a text-to-image base has read captions, never "
                            "instructions. One process only")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +39,27 @@ def token_words(tokenizer: Any, prompt: str, length: int) -> TokenWords:
     cursor = 1  # position 0 is BOS
     limit = length - 1  # the last position holds EOS at most
     for word in words:
-        tokens = tokenizer.encode(word, add_special_tokens=False)
+        tokens = _word_ids(tokenizer, word)
         span = [p for p in range(cursor, cursor + len(tokens)) if p < limit]
         positions.append(span)
         ids += tokens[:len(span)]
         cursor += len(tokens)
     return TokenWords(words, positions, ids, truncated=cursor > limit)
+
+
+# tokenizer -> word -> its token ids: a run's captions repeat their words, and every
+# alignment of a triplet reads each caption's words again
+_WORD_IDS: weakref.WeakKeyDictionary[Any, dict[str, list[int]]] = weakref.WeakKeyDictionary()
+
+
+def _word_ids(tokenizer: Any, word: str) -> list[int]:
+    try:
+        known = _WORD_IDS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memory
+        return tokenizer.encode(word, add_special_tokens=False)
+    if word not in known:
+        known[word] = tokenizer.encode(word, add_special_tokens=False)
+    return known[word]
 
 
 def _tail(n_after: int, n_before: int, length: int) -> dict[int, int]:

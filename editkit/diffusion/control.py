@@ -1,4 +1,4 @@
-"""Attention control: processors installed with `unet.set_attn_processor` for one run.
+"""Attention control: processors installed on a UNet's attention layers for one run.
 
 A controller decides, per layer and step, whether it controls the layer (`wants`). Only
 then does the processor hand queries, keys and values to the controller's `attend`, which
@@ -43,12 +43,20 @@ class Layer:
         return h, w
 
 
-def unet_layers(unet: Any) -> dict[str, Layer]:
-    """Every attention processor of a diffusers UNet with its geometry, from the module
-    names diffusers gives blocks (down_blocks.i, mid_block, up_blocks.i)."""
+def attention_modules(unet: Any) -> dict[str, Any]:
+    """Processor name (as `unet.attn_processors` names it) -> attention module, found in one
+    walk of the UNet."""
+    return {f"{name}.processor": module for name, module in unet.named_modules()
+            if callable(getattr(type(module), "set_processor", None))}
+
+
+def unet_layers(unet: Any, names: Any = None) -> dict[str, Layer]:
+    """Every attention processor of a diffusers UNet (or those of `names`) with its
+    geometry, from the module names diffusers gives blocks (down_blocks.i, mid_block,
+    up_blocks.i)."""
     levels = len(unet.config.block_out_channels)
     out: dict[str, Layer] = {}
-    for name in unet.attn_processors:
+    for name in unet.attn_processors if names is None else names:
         match = re.match(r"(down_blocks|up_blocks)\.(\d+)\.", name)
         if match:
             index = int(match.group(2))
@@ -192,12 +200,14 @@ class ControlledAttnProcessor:
 def attention_control(unet: Any, controller: AttentionController) -> Iterator[dict[str, Layer]]:
     """Install `controller` on every attention layer of `unet`; restore the original
     processors on exit (normal or not). Yields the layer map."""
-    original = dict(unet.attn_processors)
-    layers = unet_layers(unet)
+    modules = attention_modules(unet)
+    original = {name: module.processor for name, module in modules.items()}
+    layers = unet_layers(unet, modules)
     controller.bind(layers)
-    unet.set_attn_processor({name: ControlledAttnProcessor(layers[name], controller)
-                             for name in original})
     try:
+        for name, module in modules.items():
+            module.set_processor(ControlledAttnProcessor(layers[name], controller))
         yield layers
     finally:
-        unet.set_attn_processor(original)
+        for name, module in modules.items():
+            module.set_processor(original[name])

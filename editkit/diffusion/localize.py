@@ -22,6 +22,7 @@ from editkit.diffusion.control import Layer, attention_control, attention_probs,
 from editkit.diffusion.masks import attention_heat, otsu_threshold
 from editkit.diffusion.word_maps import WordMaps, map_factor
 from editkit.errors import InputError
+from editkit.models.families import family_of
 
 # Words of an instruction that say what to do or refer back, not where: never localized.
 EDIT_WORDS = frozenset(
@@ -86,15 +87,12 @@ def edit_with_maps(pipe: Any, instruction: str, images: list[Any], words: list[s
     controller = InstructionMaps(weights.expand(n, 1, length).clone(),
                                  target=map_factor((height // factor, width // factor)))
 
-    def next_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        controller.begin_step(i + 1, steps)
-        return kwargs
-
     with attention_control(pipe.unet, controller):
         controller.begin((height // factor, width // factor), (3, n, 1))
         controller.begin_step(0, steps)
-        edited = pipe([instruction] * n, image=images, num_inference_steps=steps,
-                      callback_on_step_end=next_step, **call).images
+        edited = family_of(pipe).edit(pipe, [instruction] * n, images, steps,
+                                      on_step=lambda i: controller.begin_step(i + 1, steps),
+                                      **call)
     maps = controller.maps()
     if maps is None:
         raise InputError("the edit model has no cross-attention to localize with",

@@ -5,6 +5,7 @@ A mask is a float tensor in [0, 1], 1 where the edit may change the image.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -66,15 +67,23 @@ def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
     sigma, so the far inside stays 1 and the far outside exactly 0."""
     if radius <= 0:
         return mask
-    size = int(2 * round(3 * radius) + 1)
-    x = torch.arange(size, dtype=torch.float32) - size // 2
-    kernel = torch.exp(-(x ** 2) / (2 * radius ** 2))
-    kernel = (kernel / kernel.sum()).to(mask.device, mask.dtype)
+    kernel = gaussian(radius).to(mask.device, mask.dtype)
+    size = len(kernel)
     n, c, h, w = mask.shape
     flat = mask.reshape(n * c, 1, h, w)
     flat = F.conv2d(F.pad(flat, (size // 2,) * 4, mode="replicate"), kernel.view(1, 1, 1, -1))
     flat = F.conv2d(flat, kernel.view(1, 1, -1, 1))
     return flat.reshape(n, c, h, w).clamp(0, 1)
+
+
+@lru_cache(maxsize=16)
+def gaussian(radius: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian of sigma `radius`, cut at 3 sigma (made once per radius:
+    masks are feathered at every sampling step)."""
+    size = int(2 * round(3 * radius) + 1)
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    kernel = torch.exp(-(x ** 2) / (2 * radius ** 2))
+    return kernel / kernel.sum()
 
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:

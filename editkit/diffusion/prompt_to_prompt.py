@@ -37,7 +37,13 @@ class PromptToPrompt(AttentionController):
         self.min_factor = 1.0 / max(self_resolution, 1e-6) - 1e-6
         self.cross, self.cross_steps = cross, cross_steps
         self.mapper, self.refine, self.reweight = mapper, refine, reweight
+        # a word swap whose words take as many tokens as they replace maps every token to
+        # itself: M v is v, exactly, and the product is skipped
+        self._same_tokens = mapper is not None and torch.equal(
+            mapper, torch.eye(mapper.shape[-1]).expand_as(mapper))
         self.collector = collector
+        self._table_cache: dict[tuple[Any, Any], dict[str, torch.Tensor]] = {}
+        self._plan_step(0)
 
     def bind(self, layers: dict[str, Layer]) -> None:
         super().bind(layers)
@@ -49,14 +55,26 @@ class PromptToPrompt(AttentionController):
         if self.collector is not None:
             self.collector.begin(latent_hw, layout)
 
-    def _cross_active(self) -> bool:
+    def begin_step(self, step: int, steps: int) -> None:
+        super().begin_step(step, steps)
+        self._plan_step(step)
+
+    def _plan_step(self, step: int) -> None:
+        """What `step` controls, worked out once and not in every layer."""
+        inject = (self.self_steps > step).nonzero().flatten()
+        self._inject = inject if len(inject) < len(self.self_steps) else None  # None: all
+        self._inject_on: dict[Any, torch.Tensor] = {}
+        self._self_active = len(inject) > 0
         editing = self.cross != "none" or self.reweight is not None
-        return editing and self.step < self.cross_steps
+        self._cross_on = editing and step < self.cross_steps
+
+    def _cross_active(self) -> bool:
+        return self._cross_on
 
     def wants(self, layer: Layer) -> bool:
         if not layer.cross:
-            return layer.factor >= self.min_factor and bool((self.self_steps > self.step).any())
-        return self._cross_active() or (self.collector is not None and self.collector.wants(layer))
+            return self._self_active and layer.factor >= self.min_factor
+        return self._cross_on or (self.collector is not None and self.collector.wants(layer))
 
     def attend(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:
@@ -72,11 +90,16 @@ class PromptToPrompt(AttentionController):
         attention with the before branch's queries and keys, so the fused kernel computes it
         in the same single call as every other row, with no probabilities materialised."""
         g, s, b = self.layout
-        inject = (self.self_steps > self.step).to(query.device)
-        q, k = (t.view(g, s, b, *t.shape[1:]).clone() for t in (query, key))
-        q[:, inject, 1] = q[:, inject, 0]
-        k[:, inject, 1] = k[:, inject, 0]
-        return fused(q.view_as(query), k.view_as(key), value)
+        q, k = query.clone(), key.clone()
+        for rows in (t.view(g, s, b, *t.shape[1:]) for t in (q, k)):
+            if self._inject is None:  # every sample: plain slices, no index tensors
+                rows[:, :, 1] = rows[:, :, 0]
+            else:
+                inject = self._inject_on.get(query.device)
+                if inject is None:  # once per step on the device, not in every layer
+                    inject = self._inject_on[query.device] = self._inject.to(query.device)
+                rows[:, inject, 1] = rows[:, inject, 0]
+        return fused(q, k, value)
 
     def _cross(self, layer: Layer, attn: Any, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor) -> torch.Tensor:
@@ -91,31 +114,48 @@ class PromptToPrompt(AttentionController):
         P_after ((1 - alpha) v_after), reweight scales v_after's token rows. The fused kernel
         computes them with no probabilities materialised."""
         g, s, b = self.layout
-        q, k, v = (t.view(g, s, b, *t.shape[1:]).clone() for t in (query, key, value))
+        q, k, v = (t.view(g, s, b, *t.shape[1:]) for t in (query, key, value))
         after = v[1, :, 1]  # conditional half, after branch: (samples, heads, tokens, dim)
+        tables = self._tables(after)
         if self.reweight is not None:
-            after = after * self.reweight.to(after)[:, None, :, None]
+            after = after * tables["weights"][:, None, :, None]
         extra = None
-        if self.cross == "replace":
-            mapper = self.mapper.to(after)  # type: ignore[union-attr]
-            after = torch.einsum("sij,shjd->shid", mapper, after)
+        if self.cross == "replace" and not self._same_tokens:
+            after = torch.einsum("sij,shjd->shid", tables["mapper"], after)
         elif self.cross == "refine":
-            index, alpha = self.refine  # type: ignore[misc]
-            alpha = alpha.to(after)
-            extra = fused(q[1, :, 1], k[1, :, 1], after * (1 - alpha)[:, None, :, None])
-            take = torch.zeros(s, alpha.shape[1], alpha.shape[1], dtype=after.dtype,
-                               device=after.device)
-            take.scatter_(1, index.to(after.device)[:, None, :], alpha[:, None, :])
-            after = torch.einsum("sij,shjd->shid", take, after)
+            extra = fused(q[1, :, 1], k[1, :, 1], after * tables["keep"])
+            after = torch.einsum("sij,shjd->shid", tables["take"], after)
+        q, k = query, key
         if self.cross != "none":  # attend with the before branch's probabilities
-            q[1, :, 1], k[1, :, 1] = q[1, :, 0], k[1, :, 0]
-        v[1, :, 1] = after
-        out = fused(q.view_as(query), k.view_as(key), v.view_as(value))
+            q, k = query.clone(), key.clone()
+            for rows in (t.view(g, s, b, *t.shape[1:]) for t in (q, k)):
+                rows[1, :, 1] = rows[1, :, 0]
+        v = value.clone()
+        v.view(g, s, b, *v.shape[1:])[1, :, 1] = after
+        out = fused(q, k, v)
         if extra is not None:
-            out = out.view(g, s, b, *out.shape[1:])
-            out[1, :, 1] += extra
-            out = out.view_as(query)
+            out.view(g, s, b, *out.shape[1:])[1, :, 1] += extra
         return out
+
+    def _tables(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The edit's fixed tensors on `like`'s device and dtype, made once per run, not in
+        every layer: reweight scales, the replace mapper, refine's alignment and its take
+        matrix A."""
+        key = (like.device, like.dtype)
+        if key not in self._table_cache:
+            tables: dict[str, torch.Tensor] = {}
+            if self.reweight is not None:
+                tables["weights"] = self.reweight.to(like)
+            if self.mapper is not None:
+                tables["mapper"] = self.mapper.to(like)
+            if self.refine is not None:
+                index, alpha = self.refine[0].to(like.device), self.refine[1].to(like)
+                tables.update(index=index, alpha=alpha, keep=(1 - alpha)[:, None, :, None])
+                take = torch.zeros(len(alpha), alpha.shape[1], alpha.shape[1],
+                                   dtype=like.dtype, device=like.device)
+                tables["take"] = take.scatter_(1, index[:, None, :], alpha[:, None, :])
+            self._table_cache[key] = tables
+        return self._table_cache[key]
 
     def _cross_materialised(self, layer: Layer, attn: Any, query: torch.Tensor,
                             key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -133,16 +173,18 @@ class PromptToPrompt(AttentionController):
         s = self.layout[1]
         pairs = probs.view(s, 2, *probs.shape[1:])
         base, after = pairs[:, 0], pairs[:, 1]
+        tables = self._tables(probs)
         if self.cross == "replace":
-            mapper = self.mapper.to(probs.device, probs.dtype)  # type: ignore[union-attr]
-            new = torch.einsum("shqi,sij->shqj", base, mapper)
+            new = base
+            if not self._same_tokens:
+                new = torch.einsum("shqi,sij->shqj", base, tables["mapper"])
         elif self.cross == "refine":
-            index, alpha = (t.to(probs.device) for t in self.refine)  # type: ignore[union-attr]
+            index = tables["index"]
             taken = torch.gather(base, -1, index[:, None, None, :].expand_as(base))
-            alpha = alpha.to(probs.dtype)[:, None, None, :]
+            alpha = tables["alpha"][:, None, None, :]
             new = taken * alpha + after * (1 - alpha)
         else:
             new = after
         if self.reweight is not None:
-            new = new * self.reweight.to(probs.device, probs.dtype)[:, None, None, :]
+            new = new * tables["weights"][:, None, None, :]
         return torch.stack([base, new], dim=1).view_as(probs)

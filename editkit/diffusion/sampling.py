@@ -66,12 +66,15 @@ def encode_prompts(pipe: Any, texts: list[str]) -> torch.Tensor:
     return embeds[index]
 
 
-def initial_noise(pipe: Any, seeds: list[int], latent_hw: tuple[int, int]) -> torch.Tensor:
-    """(samples, C, h, w) noise, each sample from its own seed on the CPU (device-independent)."""
+def initial_noise(pipe: Any, seeds: list[int], latent_hw: tuple[int, int],
+                  place: tuple[Any, Any] | None = None) -> torch.Tensor:
+    """(samples, C, h, w) noise, each sample from its own seed on the CPU (device-independent),
+    moved to the UNet's (device, dtype), or `place` when the caller knows it."""
     channels = pipe.unet.config.in_channels
     noise = [torch.randn((1, channels, *latent_hw), generator=torch.Generator("cpu")
                          .manual_seed(int(seed)), dtype=torch.float32) for seed in seeds]
-    return torch.cat(noise).to(pipe.unet.device, pipe.unet.dtype)
+    device, dtype = place or (pipe.unet.device, pipe.unet.dtype)
+    return torch.cat(noise).to(device, dtype)
 
 
 def _check_shape(what: str, tensor: Any, expected: tuple[int, ...]) -> None:
@@ -114,8 +117,10 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
     channels = pipe.unet.config.in_channels
     if noise is not None:
         _check_shape("noise", noise, (count, channels, *latent_hw))
+    # diffusers finds a model's device and dtype by walking its modules: once per call here
+    device, dtype = pipe.unet.device, pipe.unet.dtype
     sched = make_scheduler(scheduler, pipe.scheduler.config)
-    sched.set_timesteps(steps, device=pipe.unet.device)
+    sched.set_timesteps(steps, device=device)
     if not 0 <= start_step < steps:
         raise ValueError(f"start_step {start_step} is outside 0..{steps - 1}")
     if start_step and noise is None:
@@ -143,10 +148,11 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
         for i, item in enumerate(uncond):
             _check_shape(f"uncond[{i}]", item, (count, *embeds.shape[1:]))
     if noise is None:
-        latents = initial_noise(pipe, batch.seeds, latent_hw).repeat_interleave(2, dim=0)
+        latents = initial_noise(pipe, batch.seeds, latent_hw, (device, dtype))
+        latents = latents.repeat_interleave(2, dim=0)
         latents = latents * sched.init_noise_sigma
     else:
-        latents = noise.to(pipe.unet.device, pipe.unet.dtype).repeat_interleave(2, dim=0)
+        latents = noise.to(device, dtype).repeat_interleave(2, dim=0)
     guidance = torch.tensor(batch.guidance, device=latents.device,
                             dtype=latents.dtype).repeat_interleave(2).view(-1, 1, 1, 1)
     step_kwargs: dict[str, Any] = {}
@@ -192,9 +198,29 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
 
 @torch.no_grad()
 def decode(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [0, 1], (n, 3, H, W) float32 on the CPU (NaN stays NaN)."""
-    scaling = pipe.vae.config.scaling_factor
-    images = pipe.vae.decode(latents.to(pipe.vae.dtype) / scaling, return_dict=False)[0]
+    """Latents -> images in [0, 1], (n, 3, H, W) float32 on the CPU (NaN stays NaN).
+
+    As the family's own pipeline decodes: a VAE that overflows in fp16 (SDXL's, whose config
+    says `force_upcast`) decodes in fp32, and latents are denormalised with the VAE's
+    `latents_mean`/`latents_std` where its config has them."""
+    vae = pipe.vae
+    held = vae.dtype
+    dtype = family_of(pipe).vae_dtype(vae, held)
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    latents = latents.to(dtype)
+    if mean is not None and std is not None:
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1).to(latents) for v in (mean, std))
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    if dtype != held:
+        vae.to(dtype)
+    try:
+        images = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if dtype != held:
+            vae.to(held)
     return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 

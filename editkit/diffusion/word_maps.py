@@ -10,6 +10,7 @@ fused kernel.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -47,6 +48,7 @@ class WordMaps(AttentionController):
         self.target = target
         self.total: torch.Tensor | None = None
         self.calls = 0
+        self._placed: tuple[Any, ...] | None = None
 
     def bind(self, layers: dict[str, Layer]) -> None:
         super().bind(layers)
@@ -67,8 +69,12 @@ class WordMaps(AttentionController):
         """`probs`: the conditional half, (samples * 2, heads, queries, tokens)."""
         if not self.wants(layer):
             return
-        weights = self.weights.to(probs.device, probs.dtype).flatten(0, 1)
-        mass = (probs * weights[:, None, None, :]).sum(-1).mean(1).float()
+        placed, place = self._placed, (probs.device, probs.dtype)
+        if placed is None or placed[0] is not self.weights or placed[1] != place:
+            # the weights on the device: once per run, not in every layer
+            placed = self._placed = (self.weights, place,
+                                     self.weights.to(*place).flatten(0, 1)[:, None, None, :])
+        mass = (probs * placed[2]).sum(-1).mean(1).float()
         self.total = mass if self.total is None else self.total + mass
         self.calls += 1
 

@@ -19,8 +19,10 @@ def edit_all(ref: str, rows: list[dict[str, Any]], inputs: list[Any], settings: 
 
     from editkit.editing import pick_guidance
     from editkit.models.editors import load_edit_pipeline
+    from editkit.models.families import family_named
 
     pipe, spec = load_edit_pipeline(ref, device=settings.device)
+    family = family_named(spec.family)
     # the rule `editkit edit` follows, so both judge an editor at the guidance it is used at
     guidance = pick_guidance(settings.guidance, settings.image_guidance, spec.guidance)
     described = {**spec.describe(), "scheduler": type(pipe.scheduler).__name__,
@@ -30,12 +32,12 @@ def edit_all(ref: str, rows: list[dict[str, Any]], inputs: list[Any], settings: 
         for start in range(0, len(rows), settings.batch_size):
             chunk = rows[start:start + settings.batch_size]
             images = inputs[start:start + settings.batch_size]
-            out = pipe(prompt=[r["edit_prompt"] for r in chunk], image=images,
-                       num_inference_steps=settings.steps, guidance_scale=guidance["text"],
-                       image_guidance_scale=guidance["image"],
-                       generator=[torch.Generator("cpu").manual_seed(seed) for _ in chunk],
-                       output_type="pil")
-            edited += [im.convert("RGB") for im in out.images]
+            out = family.edit(pipe, [r["edit_prompt"] for r in chunk], images, settings.steps,
+                              guidance_scale=guidance["text"],
+                              image_guidance_scale=guidance["image"],
+                              generator=[torch.Generator("cpu").manual_seed(seed)
+                                         for _ in chunk], output_type="pil")
+            edited += [im.convert("RGB") for im in out]
             if bar is not None:
                 bar.advance(len(chunk))
     finally:

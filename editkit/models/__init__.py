@@ -155,8 +155,7 @@ def _check_pipeline_class(cls: Any, ref: ModelRef) -> None:
     if name.startswith("StableDiffusionXL") != found.name.startswith("sdxl"):
         raise ModelError(f"'{ref.ref}' is {FAMILIES[found.name]} ({found.how}), which "
                          f"{name} does not load",
-                         "give it to a stage that takes its family (SDXL renders with "
-                         "prompt-to-prompt and masked-blend)")
+                         "give it to a stage that takes its family")
 
 
 def _cached_revision(repo_id: str) -> str | None:
@@ -199,9 +198,9 @@ FAMILIES: dict[str, str] = {  # family -> how a message names it
     "auraflow": "an AuraFlow model",
     "other": "a diffusers pipeline of a kind editkit does not know",
 }
-SUPPORTED_FAMILIES = ("sd", "ip2p", "sdxl")
-SUPPORTED = ("Stable Diffusion 1.x/2.x text-to-image models and InstructPix2Pix editors, and "
-             "SDXL text-to-image models for rendering")
+SUPPORTED_FAMILIES = ("sd", "ip2p", "sdxl", "sdxl-ip2p")
+SUPPORTED = ("Stable Diffusion 1.x/2.x and SDXL text-to-image models and InstructPix2Pix "
+             "editors")
 SUPPORTED_EXAMPLES = "stable-diffusion-v1-5/stable-diffusion-v1-5 or timbrooks/instruct-pix2pix"
 
 # What an option that holds a model needs from it. A plugin's Options names its model options
@@ -209,10 +208,14 @@ SUPPORTED_EXAMPLES = "stable-diffusion-v1-5/stable-diffusion-v1-5 or timbrooks/i
 ROLES: dict[str, tuple[tuple[str, ...], str]] = {
     "text-to-image": (("sd",), "a Stable Diffusion 1.x/2.x text-to-image model"),
     "render": (("sd", "sdxl"), "a Stable Diffusion 1.x/2.x or SDXL text-to-image model"),
-    "edit": (("sd", "ip2p"), "an InstructPix2Pix editor, or a Stable Diffusion 1.x/2.x model "
-                             "to make one from"),
-    "editor": (("ip2p",), "an InstructPix2Pix editor (like timbrooks/instruct-pix2pix) or a "
-                          "run trained from one"),
+    "edit": (("sd", "ip2p", "sdxl", "sdxl-ip2p"),
+             "an InstructPix2Pix editor (Stable Diffusion 1.x/2.x or SDXL), or a LoRA "
+             "editor's text-to-image base"),
+    "editor": (("ip2p", "sdxl-ip2p"), "an InstructPix2Pix editor (like timbrooks/instruct-"
+                                      "pix2pix, or an SDXL one) or a run trained from one"),
+    "train-base": (("sd", "ip2p", "sdxl", "sdxl-ip2p"),
+                   "an InstructPix2Pix editor (Stable Diffusion 1.x/2.x or SDXL), or a Stable "
+                   "Diffusion 1.x/2.x or SDXL model to make one from"),
 }
 
 # model_index.json's `_class_name` -> family, first match wins; "StableDiffusion*" and unknown
@@ -388,7 +391,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _folder_family(folder: Path, depth: int = 0) -> Family | None:
     weights = _read_json(folder / "editkit_weights.json")
     if weights is not None and weights.get("type") == "lora":
-        return Family("ip2p", f"{folder.name} holds an editkit LoRA editor")
+        return _lora_family(folder, weights, depth)
     if weights is None and depth == 0 and (
             (folder / "manifest.json").is_file() or (folder / "train").is_dir()):
         return _folder_family(folder / "train" / "final", depth + 1)  # a run folder
@@ -397,6 +400,22 @@ def _folder_family(folder: Path, depth: int = 0) -> Family | None:
         return None
     return _index_family(index, _read_json(folder / "unet" / "config.json"),
                          "its model_index.json")
+
+
+def _lora_family(folder: Path, weights: dict[str, Any], depth: int) -> Family:
+    """An editkit LoRA editor is an editor of its base's family: SDXL's for an SDXL base
+    (text-to-image or editor), else InstructPix2Pix."""
+    base = str(weights.get("base") or "").strip()
+    found = None
+    if base and depth < 2:  # a base that is itself a LoRA editor is followed once
+        path = Path(base).expanduser()
+        where = path if path.is_dir() else _builtin_folder(base)
+        found = (_folder_family(where, depth + 1) if where is not None
+                 else _hub_family(base) if HUB_ID.match(base) else None)
+    if found is not None and found.name.startswith("sdxl"):
+        return Family("sdxl-ip2p", f"{folder.name} holds an editkit LoRA editor on an SDXL "
+                                   "base")
+    return Family("ip2p", f"{folder.name} holds an editkit LoRA editor")
 
 
 def _hub_family(repo_id: str) -> Family | None:

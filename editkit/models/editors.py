@@ -1,6 +1,7 @@
 """Load an instruction-editing model from whatever the user points at.
 
-An edit model is an InstructPix2Pix pipeline. It may come from a hub id, a local diffusers
+An edit model is an InstructPix2Pix pipeline of its model family (Stable Diffusion 1.x/2.x or
+SDXL; `editkit.models.families` loads and runs it). It may come from a hub id, a local diffusers
 folder, a built-in tiny model, a finished run folder (its `train/final/`), a folder holding
 `editkit_weights.json` (or a plugin's model of that kind, like `shapes-edit`), or a LoRA
 `.safetensors` file applied to its base. Trainers write
@@ -17,18 +18,20 @@ predict (editkit's trainers always write it; absent, the base's scheduler decide
 pipeline's own scheduler config says it already). "base_probe" is a
 sample of the base UNet's weights when the LoRA was trained: a LoRA on a base that has since
 changed (a retrained local folder, an updated built-in model) loads without complaint and
-edits badly, so loading compares the sample and refuses with one clear line.
+edits badly, so loading compares the sample and refuses with one clear line. A LoRA's base
+may be of either family, a text-to-image model (with "conv_in", its widened input layer) or
+an InstructPix2Pix editor: the base's family decides which pipeline loads.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from editkit.errors import ModelError
-from editkit.models import ModelRef, check_family, load, pick_device, pick_dtype, resolve
+from editkit.models import ModelRef, check_family, pick_device, pick_dtype, resolve
 
 DEFAULT_EDIT_MODEL = "timbrooks/instruct-pix2pix"
 WEIGHTS_FILE = "editkit_weights.json"
@@ -45,10 +48,13 @@ class EditModelSpec:
     guidance: dict[str, float] | None = None  # recommended {"text": T, "image": I}
     base_probe: tuple[float, ...] | None = None  # the base's weights_probe at training time
     prediction_type: str | None = None  # the LoRA's recorded one; None: the base's
+    family: str | None = None  # the editor's model family ("sd", "sdxl"), known once loaded
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"ref": self.ref, "type": self.type,
                                 "pipeline": self.pipeline.describe()}
+        if self.family is not None:
+            info["family"] = self.family
         if self.lora is not None:
             info["lora"] = str(self.lora)
         if self.conv_in is not None:
@@ -242,15 +248,19 @@ def _check_lora_loaded(unet: Any, spec: EditModelSpec) -> None:
 
 def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto",
                        base: str | None = None) -> tuple[Any, EditModelSpec]:
-    """The InstructPix2Pix pipeline for `ref`, on the chosen device, and what it was."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    """The InstructPix2Pix pipeline of its family (Stable Diffusion's or SDXL's) for `ref`,
+    on the chosen device, and what it was (its `family` filled in)."""
+    from editkit.models.families import family_for
 
     spec = resolve_edit_model(ref, base)
-    check_family(spec.pipeline, "edit")  # SDXL, FLUX, ...: one line, not a failure mid-call
+    # FLUX, ..., or a text-to-image model with no conv_in to make it an editor: one line
+    # before loading, not a failure mid-call
+    check_family(spec.pipeline, "editor" if spec.conv_in is None else "edit")
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
-    pipe = load(StableDiffusionInstructPix2PixPipeline, spec.pipeline, "edit model",
-                torch_dtype=torch_dtype)
+    family = family_for(spec.pipeline)
+    spec = replace(spec, family=family.name)
+    pipe = family.load_editor(spec.pipeline, torch_dtype)
     _check_base(pipe.unet, spec)
     if spec.conv_in is not None:
         from safetensors.torch import load_file

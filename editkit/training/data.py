@@ -81,26 +81,52 @@ def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
 
 
+@dataclass(frozen=True)
+class Crop:
+    """Where a bucket's crop comes from: the image scaled to `scaled` (width, height), the
+    crop's top-left corner there, and whether it is then mirrored."""
+
+    scaled: tuple[int, int]
+    left: int
+    top: int
+    mirror: bool
+
+    def time_ids(self, original: tuple[int, int], bucket: tuple[int, int]
+                 ) -> tuple[int, int, int, int, int, int]:
+        """SDXL's size and crop conditioning: (original height, width; the crop's top, left as
+        the trained image sees it, from the right edge when mirrored; target height, width).
+        `original` and `bucket` are (width, height)."""
+        left = self.scaled[0] - bucket[0] - self.left if self.mirror else self.left
+        return (original[1], original[0], self.top, left, bucket[1], bucket[0])
+
+
+def plan_crop(size: tuple[int, int], bucket: tuple[int, int], rng: random.Random | None,
+              flip: bool) -> Crop:
+    """The crop `paired_crop` takes of an image of `size` (width, height)."""
+    width, height = size
+    scale = max(bucket[0] / width, bucket[1] / height)
+    scaled = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
+    spare_x, spare_y = scaled[0] - bucket[0], scaled[1] - bucket[1]
+    if rng is None:
+        return Crop(scaled, spare_x // 2, spare_y // 2, False)
+    left, top = rng.randint(0, spare_x), rng.randint(0, spare_y)
+    return Crop(scaled, left, top, flip and rng.random() < 0.5)
+
+
 def paired_crop(images: list[Any], bucket: tuple[int, int], rng: random.Random | None,
-                flip: bool) -> list[Any]:
-    """Scale to cover the bucket, then one crop and one flip shared by all images.
-    `rng` None gives a centred crop and no flip (used for cached latents)."""
+                flip: bool, crop: Crop | None = None) -> list[Any]:
+    """Scale to cover the bucket, then one crop and one flip shared by all images (`crop`,
+    else one `plan_crop` draws). `rng` None gives a centred crop and no flip (used for cached
+    latents)."""
     from PIL import Image
 
-    width, height = images[0].size
-    scale = max(bucket[0] / width, bucket[1] / height)
-    size = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
-    spare_x, spare_y = size[0] - bucket[0], size[1] - bucket[1]
-    if rng is None:
-        left, top, mirror = spare_x // 2, spare_y // 2, False
-    else:
-        left, top = rng.randint(0, spare_x), rng.randint(0, spare_y)
-        mirror = flip and rng.random() < 0.5
+    if crop is None:
+        crop = plan_crop(images[0].size, bucket, rng, flip)
     out = []
     for image in images:
-        image = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-        image = image.crop((left, top, left + bucket[0], top + bucket[1]))
-        out.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else image)
+        image = image.convert("RGB").resize(crop.scaled, Image.Resampling.BICUBIC)
+        image = image.crop((crop.left, crop.top, crop.left + bucket[0], crop.top + bucket[1]))
+        out.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if crop.mirror else image)
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -17,7 +18,14 @@ from pydantic import Field, model_validator
 
 from editkit.errors import RunError
 from editkit.models.editors import weights_probe
-from editkit.training.data import BatchPlan, Row, make_buckets, paired_crop, read_pair_rows
+from editkit.training.data import (
+    BatchPlan,
+    Row,
+    make_buckets,
+    paired_crop,
+    plan_crop,
+    read_pair_rows,
+)
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize, model_size
 from editkit.training.options import TrainOptions
@@ -28,8 +36,6 @@ from editkit.training.unet import (
     diffusion_goal,
     diffusion_loss,
     load_components,
-    lora_layers,
-    lora_metadata,
     with_prediction_type,
 )
 
@@ -157,10 +163,13 @@ class EditTask:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
-        for frozen in (parts.vae, parts.text_encoder):
+        family = parts.family
+        for frozen in (parts.vae, *parts.text_encoders().values()):
             frozen.requires_grad_(False).to(device)
-            if weight_dtype != torch.float32:
-                frozen.to(dtype=weight_dtype)
+            dtype = family.vae_dtype(frozen, weight_dtype) if frozen is parts.vae \
+                else weight_dtype
+            if dtype != torch.float32:
+                frozen.to(dtype=dtype)
         if self.lora is None:
             unet.requires_grad_(True)
             unet.to(device)
@@ -193,19 +202,20 @@ class EditTask:
                     raise RunError("train_text_encoder runs on one process only",
                                    "launch without accelerate's multi-process, or set "
                                    "train_text_encoder: false")
-                if self.deltas:
-                    from editkit.training.delta import add_deltas
+                for encoder in parts.text_encoders().values():  # SDXL: both
+                    if self.deltas:
+                        from editkit.training.delta import add_deltas
 
-                    add_deltas(parts.text_encoder, list(self.lora.text_encoder_modules),
-                               self.lora.rank)
-                else:
-                    parts.text_encoder.add_adapter(LoraConfig(
-                        r=self.lora.rank, lora_alpha=self.lora.alpha or self.lora.rank,
-                        lora_dropout=self.lora.lora_dropout, init_lora_weights="gaussian",
-                        target_modules=list(self.lora.text_encoder_modules)))
-                for param in parts.text_encoder.parameters():
-                    if param.requires_grad:
-                        param.data = param.data.float()
+                        add_deltas(encoder, list(self.lora.text_encoder_modules),
+                                   self.lora.rank)
+                    else:
+                        encoder.add_adapter(LoraConfig(
+                            r=self.lora.rank, lora_alpha=self.lora.alpha or self.lora.rank,
+                            lora_dropout=self.lora.lora_dropout, init_lora_weights="gaussian",
+                            target_modules=list(self.lora.text_encoder_modules)))
+                    for param in encoder.parameters():
+                        if param.requires_grad:
+                            param.data = param.data.float()
             unet.conv_in.requires_grad_(self.train_conv_in)
             unet.to(device)
             if weight_dtype != torch.float32:
@@ -221,7 +231,7 @@ class EditTask:
         buckets = make_buckets(self.options.resolution, self.multiple) \
             if self.options.buckets else None
         self.plan = BatchPlan(self.rows, buckets, self.options.batch_size * world, self.seed)
-        self.null_embedding = self._encode([""])
+        self.null_embedding = family.null_conditioning(parts)
         too_long = sum(len(parts.tokenizer(r.prompt).input_ids) > parts.tokenizer.model_max_length
                        for r in self.rows)
         if too_long:
@@ -243,30 +253,29 @@ class EditTask:
         unet = [(n, p) for n, p in self.parts.unet.named_parameters() if p.requires_grad]
         if not self.train_text:
             return unet
-        return unet + [(f"text_encoder.{n}", p)
-                       for n, p in self.parts.text_encoder.named_parameters() if p.requires_grad]
+        return unet + [(f"{name}.{n}", p)
+                       for name, encoder in self.parts.text_encoders().items()
+                       for n, p in encoder.named_parameters() if p.requires_grad]
 
     def size(self) -> ModelSize:
-        return model_size(self.parts.unet, [self.parts.vae, self.parts.text_encoder],
-                          lora=self.lora is not None)
+        import torch
+
+        parts = self.parts  # a VAE the family runs in fp32 (SDXL's) stays so in any precision
+        full = [parts.vae] if parts.family.vae_dtype(parts.vae, torch.float16) == torch.float32 \
+            else []
+        return model_size(parts.unet, [parts.vae, *parts.text_encoders().values()],
+                          lora=self.lora is not None, full_precision=full,
+                          activation_scale=parts.family.activation_scale(parts.unet))
 
     def batches(self) -> BatchPlan:
         return self.plan
 
     # --- one batch ------------------------------------------------------------------------
 
-    def _encode(self, prompts: list[str], grad: bool = False) -> Any:
-        import torch
-
-        tok = self.parts.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids.to(self.device)
-        with torch.set_grad_enabled(grad):
-            return self.parts.text_encoder(ids)[0]
-
-    def _example(self, index: int, rng: random.Random) -> tuple[str, list[Any], tuple[int, int]]:
-        """(instruction, [before, after] images, bucket) for one row, augmented; with cached
-        latents the images are (path, mirrored) keys."""
+    def _example(self, index: int, rng: random.Random
+                 ) -> tuple[str, list[Any], tuple[int, int], tuple[int, ...]]:
+        """(instruction, [before, after] images, bucket, the crop's SDXL time ids) for one
+        row, augmented; with cached latents the images are (path, mirrored) keys."""
         from PIL import Image
 
         row = self.rows[index]
@@ -278,10 +287,13 @@ class EditTask:
                 prompt, target = absent, row.input_image
         if self.options.cache_latents:
             mirror = self.options.random_flip and rng.random() < 0.5
-            return prompt, [(row.input_image, mirror), (target, mirror)], bucket
+            crop = replace(plan_crop(row.size, bucket, None, False), mirror=mirror)
+            return (prompt, [(row.input_image, mirror), (target, mirror)], bucket,
+                    crop.time_ids(row.size, bucket))
         with Image.open(row.input_image) as a, Image.open(target) as b:
-            images = paired_crop([a, b], bucket, rng, self.options.random_flip)
-        return prompt, images, bucket
+            crop = plan_crop(a.size, bucket, rng, self.options.random_flip)
+            images = paired_crop([a, b], bucket, rng, self.options.random_flip, crop)
+        return prompt, images, bucket, crop.time_ids(a.size, bucket)
 
     def _absent_instruction(self, row: Row, rng: random.Random) -> str | None:
         if not row.caption:
@@ -309,8 +321,7 @@ class EditTask:
         else:
             pixels = torch.stack([_to_tensor(im) for pair in examples for im in pair])
             with torch.no_grad():
-                params = vae.encode(pixels.to(self.device, self.weight_dtype)
-                                    ).latent_dist.parameters
+                params = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.parameters
         before = DiagonalGaussianDistribution(params[0::2]).mode()
         after = DiagonalGaussianDistribution(params[1::2])
         noise = torch.randn(after.mean.shape, generator=generator).to(after.mean)
@@ -337,7 +348,7 @@ class EditTask:
                 cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             with torch.no_grad():
                 self._latents[key] = self.parts.vae.encode(_to_tensor(cropped)[None].to(
-                    self.device, self.weight_dtype)).latent_dist.parameters
+                    self.device, self.parts.vae.dtype)).latent_dist.parameters
         return torch.cat([self._latents[key] for key in keys])
 
     def loss(self, model: Any, rows: list[int], micro: int, rank: int) -> Any:
@@ -346,9 +357,9 @@ class EditTask:
         rng = random.Random(seed_for(self.seed, micro, rank, 1))
         generator = torch.Generator().manual_seed(seed_for(self.seed, micro, rank, 2))
         examples = [self._example(index, rng) for index in rows]
-        prompts = [prompt for prompt, _, _ in examples]
+        prompts = [prompt for prompt, _, _, _ in examples]
         latents, before, after = self._latents_for(
-            [images for _, images, _ in examples], [bucket for _, _, bucket in examples],
+            [images for _, images, _, _ in examples], [bucket for _, _, bucket, _ in examples],
             generator)
         batch = latents.shape[0]
         scheduler = self.parts.noise_scheduler
@@ -356,23 +367,26 @@ class EditTask:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,),
                                   generator=generator).to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if self.train_text:  # the empty instruction as the encoder now reads it
-            both = self._encode(prompts + [""], grad=True)
-            text, null = both[:-1], both[-1:]
+        family = self.parts.family
+        if self.train_text:  # the empty instruction as the encoders now read it
+            text, null = family.caption_conditioning(self.parts, prompts, grad=True,
+                                                     with_null=True)
         else:
-            text, null = self._encode(prompts), self.null_embedding
+            text, null = family.caption_conditioning(self.parts, prompts), self.null_embedding
         u = torch.rand(batch, generator=generator).to(self.device)
         o = self.options
         drop_text = u < o.text_dropout + o.both_dropout
         drop_image = (u >= o.text_dropout) & (u < o.text_dropout + o.both_dropout
                                               + o.image_dropout)
-        text = torch.where(drop_text[:, None, None], null.to(text), text)
+        text = _dropped(text, null, drop_text)
         image_latents = before * (~drop_image).to(before)[:, None, None, None]
         goal = diffusion_goal(scheduler, latents, noise, timesteps)
         model_input = torch.cat([noisy, image_latents], dim=1)
         unet_dtype = next(p for p in self.parts.unet.parameters()).dtype
+        condition = family.with_time_ids(text, [ids for _, _, _, ids in examples]
+                                         ).to(unet_dtype).unet_kwargs()
         if not o.grounding:
-            pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
+            pred = model(model_input.to(unet_dtype), timesteps, **condition).sample
             return diffusion_loss(scheduler, pred, goal, timesteps, o.snr_gamma)
         from editkit.diffusion.control import attention_control
         from editkit.diffusion.grounding import (
@@ -383,7 +397,7 @@ class EditTask:
         recorder = AttentionRecorder()
         with attention_control(self.parts.unet, recorder) as layers:
             recorder.begin(tuple(latents.shape[-2:]), (1, batch, 1))
-            pred = model(model_input.to(unet_dtype), timesteps, text.to(unet_dtype)).sample
+            pred = model(model_input.to(unet_dtype), timesteps, **condition).sample
         sizes = {layer.map_size(tuple(latents.shape[-2:]))
                  for layer in layers.values() if layer.cross}
         masks = change_masks(before, after, sorted(sizes), o.grounding_threshold)
@@ -418,13 +432,10 @@ class EditTask:
     # --- validation and export --------------------------------------------------------------
 
     def pipeline(self) -> Any:
-        from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+        from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(self.parts.noise_scheduler.config)
-        return StableDiffusionInstructPix2PixPipeline(
-            vae=self.parts.vae, text_encoder=self.parts.text_encoder,
-            tokenizer=self.parts.tokenizer, unet=self.parts.unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        return self.parts.family.editor_pipeline(self.parts, scheduler)
 
     def validate(self, folder: Path, step: int, autocast: Any) -> dict[str, float]:
         """Edit held-out inputs (or training ones when none are held out); save the results
@@ -455,7 +466,8 @@ class EditTask:
                 image = pipe(row.prompt, image=before, generator=generator,
                              num_inference_steps=self.options.validation_inference_steps,
                              guidance_scale=self.options.guidance_scale,
-                             image_guidance_scale=self.options.image_guidance_scale).images[0]
+                             image_guidance_scale=self.options.image_guidance_scale,
+                             **self.parts.family.editor_call_kwargs(before.size)).images[0]
             image = image.resize(after.size)
             sheet = Image.new("RGB", (after.width * 3, after.height))
             for k, im in enumerate((before, image, after)):
@@ -509,11 +521,10 @@ class EditTask:
             self.grounding_seen.clear()
 
     def export(self, folder: Path) -> dict[str, Any]:
-        """A LoRA file `load_lora_weights` accepts (+ conv_in when trained), or a full
-        InstructPix2Pix pipeline folder."""
-        from diffusers import StableDiffusionInstructPix2PixPipeline
-
+        """A LoRA file the family's editor pipeline's `load_lora_weights` accepts (+ conv_in
+        when trained), or a full InstructPix2Pix pipeline folder."""
         unet = self.parts.unet
+        encoders = self.parts.text_encoders()
         guidance = {"text": self.options.guidance_scale,
                     "image": self.options.image_guidance_scale}
         if self.lora is not None:
@@ -525,18 +536,11 @@ class EditTask:
                 alpha = self.lora.alpha or self.lora.rank
                 deltas_to_lora(unet, self.lora.rank, alpha, list(self.lora.target_modules),
                                self.log, "UNet")
-                if self.train_text:
-                    deltas_to_lora(self.parts.text_encoder, self.lora.rank, alpha,
+                for name, encoder in encoders.items() if self.train_text else ():
+                    deltas_to_lora(encoder, self.lora.rank, alpha,
                                    list(self.lora.text_encoder_modules), self.log,
-                                   "text encoder")
-            text = self.parts.text_encoder if self.train_text else None
-            StableDiffusionInstructPix2PixPipeline.save_lora_weights(
-                folder, unet_lora_layers=lora_layers(unet),
-                text_encoder_lora_layers=lora_layers(text) if text is not None else None,
-                unet_lora_adapter_metadata=lora_metadata(unet),
-                text_encoder_lora_adapter_metadata=(lora_metadata(text) if text is not None
-                                                    else None),
-                safe_serialization=True)
+                                   name.replace("_", " "))
+            self.parts.family.save_lora(folder, unet, encoders if self.train_text else {})
             conv_in = None
             if self.train_conv_in:
                 conv_in = "conv_in.safetensors"
@@ -547,23 +551,31 @@ class EditTask:
                     "guidance": guidance,
                     "prediction_type": self.parts.noise_scheduler.config.prediction_type,
                     "base_probe": self.base_probe}
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel
-
-        from editkit.models import load
-
         # the frozen parts are reloaded so a mixed-precision run exports them unrounded
         pipe = self.pipeline()
-        pipe.register_modules(
-            vae=load(AutoencoderKL, self.parts.ref, "VAE", subfolder="vae"),
-            text_encoder=load(CLIPTextModel, self.parts.ref, "text encoder",
-                              subfolder="text_encoder"),
-            unet=unet.float())
+        family = self.parts.family
+        pipe.register_modules(**{name: family.load_part(self.parts.ref, name)
+                                 for name in ("vae", *encoders)}, unet=unet.float())
         pipe.save_pretrained(folder, safe_serialization=True)
         return {"type": "pipeline", "base": self.options.base, "guidance": guidance}
 
     def close(self) -> None:
         self.tracker.close()
+
+
+def _dropped(text: Any, null: Any, drop: Any) -> Any:
+    """`text` (a `Conditioning`) with the examples where `drop` is true given `null`'s row."""
+    import torch
+
+    from editkit.models.families import Conditioning
+
+    def where(kept: Any, empty: Any) -> Any:
+        mask = drop.reshape(-1, *[1] * (kept.dim() - 1))
+        return torch.where(mask, empty.to(kept), kept)
+
+    added = None if text.added is None else \
+        {k: where(v, null.added[k]) for k, v in text.added.items()}
+    return Conditioning(where(text.hidden, null.hidden), added)
 
 
 def _to_tensor(image: Any) -> Any:

@@ -3,7 +3,9 @@
 Weights, gradients, optimizer state and EMA are counted exactly from parameter counts and
 dtypes. Activations are a heuristic calibrated on Stable Diffusion 1.5 (about 5 GiB per
 512 px example in half precision, a quarter of that with gradient checkpointing), scaled by
-pixels, batch and UNet size: treat the total as a guide, not a promise.
+pixels, batch and UNet size (or by the family's own ratio to SD 1.5: SDXL's UNet saves about
+1.07 times SD 1.5's activations per pixel, as its largest level has no attention): treat the
+total as a guide, not a promise.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "paged-adamw8bit": 2}
 class ModelSize:
     unet: int  # all UNet parameters
     trainable: int  # parameters the optimizer updates
-    frozen_other: int  # VAE + text encoder (+ anything else resident and frozen)
+    frozen_other: int  # VAE + text encoder(s) (+ anything else resident and frozen)
     lora: bool  # frozen UNet weights are held in the mixed-precision dtype
+    frozen_fp32: int = 0  # of frozen_other, those held in fp32 in any precision (SDXL's VAE)
+    # activations per pixel relative to SD 1.5's UNet; None: in proportion to the parameters
+    activation_scale: float | None = None
 
 
 def half_weights(mixed_precision: str, cpu: bool) -> bool:
@@ -45,12 +50,15 @@ def estimate(size: ModelSize, options: Any, cpu: bool = False) -> dict[str, floa
     low = 2 if half_weights(options.mixed_precision, cpu) else 4
     frozen_unet = size.unet - size.trainable if size.lora else 0
     parts = {
-        "weights": size.trainable * 4 + frozen_unet * low + size.frozen_other * low,
+        "weights": (size.trainable * 4 + frozen_unet * low
+                    + (size.frozen_other - size.frozen_fp32) * low + size.frozen_fp32 * 4),
         "gradients": size.trainable * 4,
         "optimizer": size.trainable * OPTIMIZER_BYTES[options.optimizer],
         "ema": 0 if not options.ema or options.ema_on_cpu else size.trainable * 4,
     }
-    per_example = 5 * GIB * (options.resolution / 512) ** 2 * (size.unet / SD15_UNET_PARAMS)
+    scale = size.unet / SD15_UNET_PARAMS if size.activation_scale is None \
+        else size.activation_scale
+    per_example = 5 * GIB * (options.resolution / 512) ** 2 * scale
     per_example *= 1 if half else 2
     per_example *= 0.25 if options.gradient_checkpointing else 1
     parts["activations"] = per_example * options.batch_size
@@ -102,8 +110,13 @@ def fitting_changes(size: ModelSize, options: Any, available: float,
     return out
 
 
-def model_size(unet: Any, others: list[Any], lora: bool) -> ModelSize:
+def model_size(unet: Any, others: list[Any], lora: bool, full_precision: list[Any] = (),
+               activation_scale: float | None = None) -> ModelSize:
+    """The sizes of a UNet and the frozen `others` beside it (`full_precision`: those of them
+    kept in fp32 whatever the precision; `activation_scale`: `ModelSize`'s)."""
     count = sum(p.numel() for p in unet.parameters())
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     frozen = sum(p.numel() for m in others for p in m.parameters())
-    return ModelSize(unet=count, trainable=trainable, frozen_other=frozen, lora=lora)
+    fp32 = sum(p.numel() for m in full_precision for p in m.parameters())
+    return ModelSize(unet=count, trainable=trainable, frozen_other=frozen, lora=lora,
+                     frozen_fp32=fp32, activation_scale=activation_scale)

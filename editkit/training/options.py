@@ -16,8 +16,9 @@ Optimizer = Literal["adamw", "adamw8bit", "paged-adamw8bit"]
 
 class TrainOptions(PluginOptions):
     base: str = Field("timbrooks/instruct-pix2pix",
-                      description="model to start from: InstructPix2Pix, or plain Stable "
-                                  "Diffusion (conv_in is widened to 8 channels)")
+                      description="model to start from: an InstructPix2Pix editor (Stable "
+                                  "Diffusion or SDXL), or a plain Stable Diffusion / SDXL "
+                                  "model (conv_in is widened to 8 channels)")
     resolution: int = Field(256, ge=8, description="training area is resolution² pixels")
     steps: int = Field(1000, ge=0, description="optimizer updates (0 exports the untrained "
                        "start point: the baseline that shows what training is worth)")

@@ -1,12 +1,13 @@
-"""Load the parts of a Stable Diffusion / InstructPix2Pix checkpoint, and make the 8-channel
-UNet InstructPix2Pix needs from a plain 4-channel one (`editkit.models.editors.widen_conv_in`)."""
+"""Load the parts of a Stable Diffusion, SDXL or InstructPix2Pix checkpoint (as its model
+family names them, `editkit.models.families`), and make the 8-channel UNet InstructPix2Pix
+needs from a plain 4-channel one (`editkit.models.editors.widen_conv_in`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from editkit.models import ModelRef, load, resolve
+from editkit.models import ModelRef, resolve
 from editkit.models.editors import (
     widen_conv_in,  # noqa: F401  (the one widening, shared)
     with_prediction_type,  # noqa: F401  (shared with the loader)
@@ -22,24 +23,28 @@ class Components:
     tokenizer: Any
     noise_scheduler: Any
     widened: bool = False  # conv_in was widened from 4 to 8 channels here
+    family: Any = None  # the `editkit.models.families.ModelFamily` that loaded them
+    text_encoder_2: Any = None  # SDXL's second text encoder and its tokenizer
+    tokenizer_2: Any = None
+    force_zeros_for_empty_prompt: bool = False  # the unconditional text is zeros (SDXL)
+
+    def text_encoders(self) -> dict[str, Any]:
+        """The family's text encoders by name (text_encoder, text_encoder_2)."""
+        return {name: getattr(self, name) for name in self.family.text_encoders}
 
 
 def load_components(base: str, *, edit: bool = True, conv_in_init: str = "zeros"
                     ) -> Components:
-    """Every part through `from_pretrained`; `edit` makes sure the UNet takes 8 channels
+    """Every part through `from_pretrained`, as the model's family names them
+    (`editkit.models.families`); `edit` makes sure the UNet takes twice the latent channels
     (widened with `conv_in_init`, `editkit.models.editors.widen_conv_in`)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from editkit.models.families import family_for
 
     ref = resolve(base)
-    parts = Components(
-        ref=ref,
-        unet=load(UNet2DConditionModel, ref, "UNet", subfolder="unet"),
-        vae=load(AutoencoderKL, ref, "VAE", subfolder="vae"),
-        text_encoder=load(CLIPTextModel, ref, "text encoder", subfolder="text_encoder"),
-        tokenizer=load(CLIPTokenizer, ref, "tokenizer", subfolder="tokenizer"),
-        noise_scheduler=load(DDPMScheduler, ref, "scheduler", subfolder="scheduler"),
-    )
+    family = family_for(ref)
+    loaded = family.training_parts(ref)
+    parts = Components(ref=ref, noise_scheduler=loaded.pop("scheduler"), family=family,
+                       **loaded)
     latent = parts.unet.config.out_channels
     if edit and parts.unet.config.in_channels == latent:
         # with `zeros` (the default) it predicts exactly what the plain UNet did at first

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from pair_checks import cross_edit_runs, injection_distances
 
 from editkit.diffusion.control import AttentionController, Layer, attention_control, unet_layers
 from editkit.diffusion.prompt_to_prompt import PromptToPrompt
@@ -120,14 +121,9 @@ def test_same_prompt_with_full_injection_gives_the_same_image(pipe):
 
 
 def test_injection_brings_the_after_image_closer_over_many_seeds(pipe):
-    n = 12
-    args = dict(steps=4, height=32, width=32)
-    free = sample_pairs(pipe, batch(n), **args, controller=PromptToPrompt(self_steps=[0] * n))
-    held = sample_pairs(pipe, batch(n), **args, controller=PromptToPrompt(self_steps=[4] * n))
-    distance = [(b - a).abs().flatten(1).mean(1) for b, a in (free, held)]
-    closer = (distance[1] < distance[0]).sum().item()
-    assert distance[1].mean() < 0.7 * distance[0].mean(), distance
-    assert closer >= n - 1, distance
+    free, held = injection_distances(pipe, 12, height=32, width=32)
+    assert held.mean() < 0.7 * free.mean(), (free, held)
+    assert (held < free).sum().item() >= 11, (free, held)
 
 
 def test_v_prediction_and_the_sd2_layout_render(pipe):
@@ -145,26 +141,7 @@ def test_v_prediction_and_the_sd2_layout_render(pipe):
 
 @pytest.mark.parametrize("cross", ["replace", "refine", "none"])
 def test_fused_cross_edits_equal_the_materialised_ones(pipe, cross):
-    from editkit.diffusion import alignment
-
-    n = pipe.tokenizer.model_max_length
-    before, after = "a photo of a red car", "a photo of a blue car and a tree"
-    mapper = alignment.replace_mapper(pipe.tokenizer, BEFORE, AFTER, n)
-    refine = alignment.refine_alignment(pipe.tokenizer, before, after, n)
-    reweight = torch.ones(2, n)
-    reweight[:, 5] = 3.0
-    pair = batch(2, before=BEFORE if cross == "replace" else before,
-                 after=AFTER if cross == "replace" else after)
-
-    def control(collect):
-        maps = WordMaps(torch.ones(2, 2, n), target=1) if collect else None
-        return PromptToPrompt(self_steps=[0, 0], cross=cross, cross_steps=3,
-                              mapper=mapper.repeat(2, 1, 1), reweight=reweight,
-                              refine=tuple(t.repeat(2, 1) for t in refine), collector=maps)
-
-    fused = sample_pairs(pipe, pair, steps=3, height=32, width=32, controller=control(False))
-    both = control(True)
-    mixed = sample_pairs(pipe, pair, steps=3, height=32, width=32, controller=both)
+    fused, mixed, both = cross_edit_runs(pipe, cross, height=32, width=32)
     assert both.materialised  # the collector's level ran the explicit probabilities
     assert torch.allclose(fused[1], mixed[1], rtol=1e-3, atol=1e-3)
     assert not torch.allclose(fused[1], fused[0], rtol=1e-2, atol=1e-2)

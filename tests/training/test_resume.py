@@ -124,6 +124,12 @@ def test_a_stopped_and_resumed_run_ends_bit_identical(name, pairs, tmp_path):
     wrote a checkpoint before its last step."""
     kind, options = OPTION_SETS[name]
     data, options = prepared(kind, options, tmp_path, pairs)
+    stopped_and_resumed(kind, data, tmp_path, options)
+
+
+def stopped_and_resumed(kind: str, data: Path, tmp_path: Path, options: dict) -> dict:
+    """Train 6 steps three ways (never checkpointed; checkpointed every 2 steps; stopped
+    after 3 and 5 steps and resumed), assert they end bit-identical, and return the tensors."""
     train(kind, data, tmp_path / "never", steps=6, checkpoint_every=100, **options)
     train(kind, data, tmp_path / "straight", steps=6, checkpoint_every=2, **options)
     for steps in (3, 5, 6):
@@ -133,6 +139,7 @@ def test_a_stopped_and_resumed_run_ends_bit_identical(name, pairs, tmp_path):
     never = tensors(tmp_path / "never")
     assert_identical(never, tensors(tmp_path / "straight"))
     assert_identical(never, tensors(tmp_path / "resumed"))
+    return never
 
 
 def test_cached_latents_do_not_depend_on_what_was_encoded_before(tmp_path):
@@ -170,21 +177,15 @@ def last_step(out: Path) -> int:
     return int(saved[-1].name[len(PREFIX):]) if saved else 0
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["quickstart", "shapes"])
-def test_a_run_killed_at_random_moments_ends_bit_identical(name, pairs, tmp_path):
-    """A real process, killed with SIGKILL at random moments (between checkpoints, while
-    writing one), started again each time until it finishes."""
-    kind, options = OPTION_SETS[name]
-    data, options = prepared(kind, options, tmp_path, pairs)
-    options = {**options, "steps": 24, "checkpoint_every": 3}
-    out = tmp_path / "killed"
+def killed_until_done(kind: str, options: dict, data: Path, out: Path, chance: random.Random,
+                      kills: int = 4) -> None:
+    """Train in a real process, killed with SIGKILL `kills` times at random moments (between
+    checkpoints, while writing one), started again each time until it finishes."""
     command = [sys.executable, "-c", WORKER, str(Path(__file__).parent),
                json.dumps([kind, options]), str(data), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    chance = random.Random(name)
-    kills = 0
-    while kills < 4:
+    done = 0
+    while done < kills:
         start = last_step(out)
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
@@ -197,9 +198,21 @@ def test_a_run_killed_at_random_moments_ends_bit_identical(name, pairs, tmp_path
             break
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        kills += 1
+        done += 1
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quickstart", "shapes"])
+def test_a_run_killed_at_random_moments_ends_bit_identical(name, pairs, tmp_path):
+    """A real process, killed with SIGKILL at random moments (between checkpoints, while
+    writing one), started again each time until it finishes."""
+    kind, options = OPTION_SETS[name]
+    data, options = prepared(kind, options, tmp_path, pairs)
+    options = {**options, "steps": 24, "checkpoint_every": 3}
+    out = tmp_path / "killed"
+    killed_until_done(kind, options, data, out, random.Random(name))
     resumes = (out / "log.txt").read_text().count("resumed from")
     assert resumes >= 3, f"only {resumes} resumes"
     train(kind, data, tmp_path / "never", **{**options, "checkpoint_every": 100})

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from pair_checks import mask_file, render, renderer, split_by_mask
+from pair_checks import pixels as arr
 from pydantic import ValidationError
 
 from editkit.builtins.masked_blend import MaskedBlend
-from editkit.plugin.kinds import Reject, RenderJob
+from editkit.plugin.kinds import Reject
 
 SWAP = {"id": "000001", "input": "a photo of a red car and a house",
         "output": "a photo of a blue car and a house", "words": ["blue"],
@@ -13,35 +14,20 @@ SWAP = {"id": "000001", "input": "a photo of a red car and a house",
 
 
 def make(**options):
-    base = dict(model="tiny-sd", samples=2, steps=3, width=32, height=32)
-    return MaskedBlend(MaskedBlend.Options(**{**base, **options}))
-
-
-def render(renderer, *triplets):
-    torch.set_num_threads(1)
-    return list(renderer.render(RenderJob(triplets=list(triplets), seed=0)))
-
-
-def arr(image):
-    return np.asarray(image, dtype=np.int16)
+    return renderer(MaskedBlend, dict(model="tiny-sd", samples=2, steps=3, width=32,
+                                      height=32), **options)
 
 
 @pytest.fixture
 def left_half(tmp_path):
-    mask = np.zeros((32, 32), dtype=np.uint8)
-    mask[:, :12] = 255
-    path = tmp_path / "mask.png"
-    Image.fromarray(mask).save(path)
-    return path
+    return mask_file(tmp_path, 32, 32, 12)
 
 
 @pytest.mark.parametrize("feather", [0.0, 2.0])
 def test_outside_the_mask_the_after_image_equals_the_before_image(left_half, feather):
     out = render(make(mask="image", mask_image=str(left_half), feather=feather), SWAP)
     for pair in out:
-        mask = arr(pair["mask"])[..., 0]
-        before, after = arr(pair["before"]), arr(pair["after"])
-        outside = mask == 0
+        mask, before, after, outside = split_by_mask(pair)
         assert outside[:, 20:].all() and (mask[:, :5] == 255).all()
         assert np.array_equal(before[outside], after[outside])
         assert np.abs(before[~outside] - after[~outside]).max() > 0

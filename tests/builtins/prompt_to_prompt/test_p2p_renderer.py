@@ -1,13 +1,12 @@
-import io
-
 import numpy as np
 import pytest
 import torch
+from pair_checks import pixels, png, render, renderer
 from pydantic import ValidationError
 
 from editkit.builtins.prompt_to_prompt import PromptToPrompt
 from editkit.diffusion import alignment
-from editkit.plugin.kinds import Reject, RenderJob
+from editkit.plugin.kinds import Reject
 
 SWAP = {"id": "000001", "input": "a photo of a red car", "output": "a photo of a blue car",
         "words": ["blue"]}
@@ -17,23 +16,8 @@ SAME = {"id": "000003", "input": "a photo of a red car", "output": "a photo of a
 
 
 def make(**options):
-    base = dict(model="tiny-sd", samples=2, steps=3, width=32, height=32)
-    return PromptToPrompt(PromptToPrompt.Options(**{**base, **options}))
-
-
-def render(renderer, *triplets, seed=0):
-    torch.set_num_threads(1)
-    return list(renderer.render(RenderJob(triplets=list(triplets), seed=seed)))
-
-
-def pixels(image):
-    return np.asarray(image, dtype=np.int16)
-
-
-def png(image):
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return renderer(PromptToPrompt, dict(model="tiny-sd", samples=2, steps=3, width=32,
+                                         height=32), **options)
 
 
 def test_same_prompt_with_full_injection_gives_identical_images():
