@@ -17,7 +17,6 @@ from editkit.diffusion.sampling import (
     latent_size,
     sample_pairs,
 )
-from editkit.diffusion.schedulers import make_scheduler
 from editkit.diffusion.word_maps import WordMaps
 from editkit.models.families import family_for
 
@@ -47,9 +46,10 @@ def batch(n=2, before=BEFORE, after=AFTER, guidance=7.5, negative=""):
 @torch.no_grad()
 def unseamed_pairs(pipe, pairs, steps, height, width):
     """The Stable Diffusion loop as it was before the seam: one text encoding of the
-    negative and the captions, the UNet called with `encoder_hidden_states` alone."""
+    negative and the captions, the UNet called with `encoder_hidden_states` alone, a
+    scheduler made from the model's config."""
     count = len(pairs)
-    sched = make_scheduler("default", pipe.scheduler.config)
+    sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.unet.device)
     cond = [text for pair in zip(pairs.before, pairs.after) for text in pair]
     embeds = encode_prompts(pipe, [pairs.negative] * (2 * count) + cond)
