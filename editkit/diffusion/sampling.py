@@ -22,7 +22,7 @@ import torch
 
 from editkit.diffusion.control import AttentionController, attention_control
 from editkit.diffusion.schedulers import make_scheduler
-from editkit.models.families import family_of
+from editkit.models.families import encode_prompts, family_of  # noqa: F401 (re-exported)
 
 # latent_hook(step, before, after) -> after, or (before, after): runs after every scheduler
 # step; what it returns replaces the latents the next step starts from.
@@ -54,16 +54,6 @@ def latent_size(pipe: Any, height: int, width: int) -> tuple[int, int]:
     return height // scale, width // scale
 
 
-@torch.no_grad()
-def encode_prompts(pipe: Any, texts: list[str]) -> torch.Tensor:
-    """Text embeddings, each distinct text encoded once."""
-    unique = list(dict.fromkeys(texts))
-    ids = pipe.tokenizer(unique, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    device = pipe.unet.device
-    embeds = pipe.text_encoder(ids.to(device))[0].to(pipe.unet.dtype)
-    index = torch.tensor([unique.index(t) for t in texts], device=device)
-    return embeds[index]
 
 
 def initial_noise(pipe: Any, seeds: list[int], latent_hw: tuple[int, int],

@@ -57,6 +57,18 @@ class Conditioning:
         return {"encoder_hidden_states": self.hidden, "added_cond_kwargs": self.added}
 
 
+@torch.no_grad()
+def encode_prompts(pipe: Any, texts: list[str]) -> torch.Tensor:
+    """Text embeddings, each distinct text encoded once."""
+    unique = list(dict.fromkeys(texts))
+    ids = pipe.tokenizer(unique, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    device = pipe.unet.device
+    embeds = pipe.text_encoder(ids.to(device))[0].to(pipe.unet.dtype)
+    index = torch.tensor([unique.index(t) for t in texts], device=device)
+    return embeds[index]
+
+
 class ModelFamily:
     """One family of text-to-image models and their InstructPix2Pix editors."""
 
@@ -173,7 +185,7 @@ class ModelFamily:
     def save_lora(self, folder: Any, unet: Any, text_encoders: dict[str, Any]) -> None:
         """A LoRA file of `unet` and the trained text encoders (name -> module, None when not
         trained) that the family's editor pipeline reads with `load_lora_weights`."""
-        from editkit.training.unet import lora_layers, lora_metadata
+        from editkit.models.lora import lora_layers, lora_metadata
 
         kwargs: dict[str, Any] = {}
         for name in self.text_encoders:
@@ -197,8 +209,6 @@ class StableDiffusion(ModelFamily):
 
     def encode(self, pipe: Any, negative: list[str], prompts: list[str],
                size: tuple[int, int]) -> Conditioning:
-        from editkit.diffusion.sampling import encode_prompts
-
         return Conditioning(encode_prompts(pipe, negative + prompts))
 
     def edit(self, pipe: Any, prompts: list[str], images: list[Any], steps: int,
