@@ -11,6 +11,7 @@ returned.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -69,7 +70,7 @@ def encode_prompts(pipe: Any, texts: list[str]) -> torch.Tensor:
     return embeds[index]
 
 
-class ModelFamily:
+class ModelFamily(ABC):
     """One family of text-to-image models and their InstructPix2Pix editors."""
 
     name: ClassVar[str]
@@ -102,6 +103,7 @@ class ModelFamily:
 
         return load(self.pipeline_class(editor=True), ref, "edit model", torch_dtype=dtype)
 
+    @abstractmethod
     def edit(self, pipe: Any, prompts: list[str], images: list[Any], steps: int,
              on_step: Callable[[int], None] | None = None, **call: Any) -> list[Any]:
         """The editor `pipe` run on `images` (all one size) with one instruction each; the
@@ -109,6 +111,7 @@ class ModelFamily:
         pipeline's other arguments (guidance_scale, image_guidance_scale, generator)."""
         raise NotImplementedError
 
+    @abstractmethod
     def encode(self, pipe: Any, negative: list[str], prompts: list[str],
                size: tuple[int, int]) -> Conditioning:
         """Conditioning rows for `negative` (the unconditional prompts of classifier-free
@@ -156,6 +159,7 @@ class ModelFamily:
         estimate (`editkit.training.memory`); None: in proportion to its parameters."""
         return None
 
+    @abstractmethod
     def caption_conditioning(self, parts: Any, prompts: list[str], grad: bool = False,
                              with_null: bool = False) -> Any:
         """Training conditioning (a `Conditioning`, time ids not yet added) of `prompts`, with
@@ -178,6 +182,7 @@ class ModelFamily:
         w) each)."""
         return text
 
+    @abstractmethod
     def editor_pipeline(self, parts: Any, scheduler: Any) -> Any:
         """The family's InstructPix2Pix pipeline around a trainer's parts."""
         raise NotImplementedError
