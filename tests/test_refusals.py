@@ -105,7 +105,6 @@ def test_sdxl_renders_but_is_refused_where_a_stage_cannot_take_it_yet(tmp_path):
 
 @pytest.mark.parametrize("ref, family", [
     ("black-forest-labs/FLUX.1-dev", "FLUX.1"),
-    ("black-forest-labs/FLUX.1-Kontext-dev", "FLUX.1 Kontext"),
     ("Qwen/Qwen-Image", "Qwen-Image"),
     ("stabilityai/stable-diffusion-3.5-large", "Stable Diffusion 3"),
     ("kandinsky-community/kandinsky-2-2-decoder", "Kandinsky"),
@@ -118,6 +117,26 @@ def test_unsupported_family_by_hub_id_is_refused_in_train_and_render(tmp_path, r
     paths = dict(info.value.problems)
     assert set(paths) == {"render.options.model", "train.options.base"}
     assert family in paths["train.options.base"] and "known from its hub id" in \
+        paths["train.options.base"]
+
+
+@pytest.mark.parametrize("ref, family", [
+    ("black-forest-labs/FLUX.1-Kontext-dev", "FLUX.1 Kontext editor"),
+    ("black-forest-labs/FLUX.2-klein-4B", "FLUX.2 klein editor"),
+    ("Qwen/Qwen-Image-Edit-2509", "Qwen-Image-Edit editor"),
+])
+def test_a_flow_editor_edits_and_trains_with_flow_lora_only(tmp_path, ref, family):
+    from editkit.models import reference_problem
+
+    assert reference_problem(ref, "editor") is None and reference_problem(ref, "edit") is None
+    assert reference_problem(ref, "flow-base") is None
+    text = BASE + (f"render: {{use: masked-blend, options: {{model: {ref}}}}}\n"
+                   f"train: {{use: lora, options: {{base: {ref}}}}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(tmp_path, text))
+    paths = dict(info.value.problems)
+    assert set(paths) == {"render.options.model", "train.options.base"}
+    assert family in paths["train.options.base"] and "use: flow-lora" in \
         paths["train.options.base"]
 
 
@@ -203,7 +222,7 @@ def test_edit_and_eval_refuse_an_unsupported_model_at_parsing(cli, tmp_path):
     refused(cli("edit", "a.png", "make it blue", "--model", "sdxl"), "--model", "SDXL")
     refused(cli("edit", "a.png", "make it blue", "--model", "black-forest-labs/FLUX.1-dev"),
             "FLUX.1")
-    refused(cli("eval", ".", "--model", "Qwen/Qwen-Image-Edit"), "Qwen-Image-Edit")
+    refused(cli("eval", ".", "--model", "Qwen/Qwen-Image"), "Qwen-Image")
     assert not (tmp_path / "edits").exists()
 
 

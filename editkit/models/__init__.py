@@ -184,6 +184,7 @@ FAMILIES: dict[str, str] = {  # family -> how a message names it
     "flux": "a FLUX.1 model",
     "flux-kontext": "a FLUX.1 Kontext editor",
     "flux2": "a FLUX.2 model",
+    "flux2-klein": "a FLUX.2 klein editor",
     "qwen-image": "a Qwen-Image model",
     "qwen-image-edit": "a Qwen-Image-Edit editor",
     "kandinsky": "a Kandinsky model",
@@ -198,9 +199,10 @@ FAMILIES: dict[str, str] = {  # family -> how a message names it
     "auraflow": "an AuraFlow model",
     "other": "a diffusers pipeline of a kind editkit does not know",
 }
-SUPPORTED_FAMILIES = ("sd", "ip2p", "sdxl", "sdxl-ip2p")
+FLOW_FAMILIES = ("flux-kontext", "flux2-klein", "qwen-image-edit")
+SUPPORTED_FAMILIES = ("sd", "ip2p", "sdxl", "sdxl-ip2p", *FLOW_FAMILIES)
 SUPPORTED = ("Stable Diffusion 1.x/2.x and SDXL text-to-image models and InstructPix2Pix "
-             "editors")
+             "editors, FLUX.1 Kontext, FLUX.2 klein and Qwen-Image-Edit")
 SUPPORTED_EXAMPLES = "stable-diffusion-v1-5/stable-diffusion-v1-5 or timbrooks/instruct-pix2pix"
 
 # What an option that holds a model needs from it. A plugin's Options names its model options
@@ -208,14 +210,21 @@ SUPPORTED_EXAMPLES = "stable-diffusion-v1-5/stable-diffusion-v1-5 or timbrooks/i
 ROLES: dict[str, tuple[tuple[str, ...], str]] = {
     "text-to-image": (("sd",), "a Stable Diffusion 1.x/2.x text-to-image model"),
     "render": (("sd", "sdxl"), "a Stable Diffusion 1.x/2.x or SDXL text-to-image model"),
-    "edit": (("sd", "ip2p", "sdxl", "sdxl-ip2p"),
-             "an InstructPix2Pix editor (Stable Diffusion 1.x/2.x or SDXL), or a LoRA "
-             "editor's text-to-image base"),
-    "editor": (("ip2p", "sdxl-ip2p"), "an InstructPix2Pix editor (like timbrooks/instruct-"
-                                      "pix2pix, or an SDXL one) or a run trained from one"),
+    "edit": (("sd", "ip2p", "sdxl", "sdxl-ip2p", *FLOW_FAMILIES),
+             "an InstructPix2Pix editor (Stable Diffusion 1.x/2.x or SDXL), a LoRA "
+             "editor's text-to-image base, or a FLUX.1 Kontext, FLUX.2 klein or "
+             "Qwen-Image-Edit editor"),
+    "editor": (("ip2p", "sdxl-ip2p", *FLOW_FAMILIES),
+               "an instruction editor (InstructPix2Pix like timbrooks/instruct-pix2pix, an "
+               "SDXL one, FLUX.1 Kontext, FLUX.2 klein, Qwen-Image-Edit) or a run trained "
+               "from one"),
     "train-base": (("sd", "ip2p", "sdxl", "sdxl-ip2p"),
                    "an InstructPix2Pix editor (Stable Diffusion 1.x/2.x or SDXL), or a Stable "
-                   "Diffusion 1.x/2.x or SDXL model to make one from"),
+                   "Diffusion 1.x/2.x or SDXL model to make one from (FLUX.1 Kontext, FLUX.2 "
+                   "klein and Qwen-Image-Edit train with use: flow-lora)"),
+    "flow-base": (FLOW_FAMILIES, "a FLUX.1 Kontext, FLUX.2 klein or Qwen-Image-Edit editor "
+                                 "(Stable Diffusion and SDXL train with use: lora or "
+                                 "instruct-pix2pix)"),
 }
 
 # model_index.json's `_class_name` -> family, first match wins; "StableDiffusion*" and unknown
@@ -224,7 +233,8 @@ _CLASS_PREFIXES = (
     ("StableDiffusionXLInstructPix2Pix", "sdxl-ip2p"), ("StableDiffusionXL", "sdxl"),
     ("StableDiffusion3", "sd3"),
     ("StableDiffusionInstructPix2Pix", "ip2p"), ("StableDiffusionInpaint", "sd-inpaint"),
-    ("FluxKontext", "flux-kontext"), ("Flux2", "flux2"), ("Flux", "flux"),
+    ("FluxKontext", "flux-kontext"), ("Flux2Klein", "flux2-klein"), ("Flux2", "flux2"),
+    ("Flux", "flux"),
     ("QwenImageEdit", "qwen-image-edit"), ("QwenImage", "qwen-image"),
     ("Kandinsky", "kandinsky"), ("PixArt", "pixart"), ("Sana", "sana"),
     ("HiDream", "hidream"), ("Wan", "wan"), ("StableCascade", "stable-cascade"),
@@ -235,6 +245,7 @@ _EDGE = r"(?<![a-z0-9])"  # a name part starts here (after /, -, _, . or the sta
 # a hub id that is not in the local cache: well-known names, the unsupported ones first
 _NAME_PATTERNS = tuple((re.compile(pattern), family) for pattern, family in (
     (r"kontext", "flux-kontext"),
+    (r"flux[._-]?2.*klein", "flux2-klein"),
     (r"flux[._-]?2", "flux2"),
     (r"flux", "flux"),
     (r"qwen[._-]?image[._-]?edit", "qwen-image-edit"),
@@ -412,6 +423,9 @@ def _lora_family(folder: Path, weights: dict[str, Any], depth: int) -> Family:
         where = path if path.is_dir() else _builtin_folder(base)
         found = (_folder_family(where, depth + 1) if where is not None
                  else _hub_family(base) if HUB_ID.match(base) else None)
+    if found is not None and found.name in FLOW_FAMILIES:
+        return Family(found.name, f"{folder.name} holds an editkit LoRA of "
+                                  f"{FAMILIES[found.name]}")
     if found is not None and found.name.startswith("sdxl"):
         return Family("sdxl-ip2p", f"{folder.name} holds an editkit LoRA editor on an SDXL "
                                    "base")

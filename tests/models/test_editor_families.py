@@ -63,7 +63,7 @@ def test_an_sdxl_editor_may_edit_be_evaluated_and_trained():
     for role in ("edit", "editor"):
         assert reference_problem("tiny-sdxl-ip2p", role) is None
     assert reference_problem("tiny-sdxl", "edit") is None  # a LoRA editor's base
-    assert "this needs an InstructPix2Pix editor" in reference_problem("tiny-sdxl", "editor")
+    assert "this needs an instruction editor" in reference_problem("tiny-sdxl", "editor")
     for ref in ("tiny-sdxl-ip2p", "tiny-sdxl", "tiny-ip2p"):
         assert reference_problem(ref, "train-base") is None
 

@@ -246,7 +246,17 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-sdxl-ip2p": lambda p: build_tiny_sdxl(p, in_channels=8),
     "tiny-clip": build_tiny_clip,
     "tiny-dinov2": build_tiny_dinov2,
+    "tiny-flux-kontext": lambda p: _flow_builder("flux_kontext")(p),
+    "tiny-flux2-klein": lambda p: _flow_builder("flux2_klein")(p),
+    "tiny-qwen-image-edit": lambda p: _flow_builder("qwen_image_edit")(p),
 }
+
+
+def _flow_builder(module: str) -> Callable[[Path], Path]:
+    """The builder of a flow editor's tiny model (its own module: they import more)."""
+    import importlib
+
+    return importlib.import_module(f"editkit.models.tiny.{module}").build
 
 
 def models_home() -> Path:
