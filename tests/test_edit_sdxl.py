@@ -297,5 +297,5 @@ def test_a_text_to_image_sdxl_model_is_refused_as_the_editor(cli, tmp_path):
     result = cli("edit", "a.png", INSTRUCTION, "--model", "tiny-sdxl")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert "'tiny-sdxl' is an SDXL model" in line and "InstructPix2Pix editor" in line
+    assert "'tiny-sdxl' is an SDXL model" in line and "instruction editor" in line
     assert not (tmp_path / "edits").exists()

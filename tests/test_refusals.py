@@ -334,7 +334,7 @@ def test_minus_one_still_switches_a_threshold_off(tmp_path):
     (["--dtype", "fp8"], ["--dtype", "'fp8'"]),
     (["--mask", "missing.png"], ["--mask", "does not exist"]),
     (["--model", "./missing-editor"], ["--model", "does not exist"]),
-    (["--model", "tiny-sd"], ["--model", "text-to-image", "InstructPix2Pix editor"]),
+    (["--model", "tiny-sd"], ["--model", "text-to-image", "instruction editor"]),
     (["--mask-words", "car", "--mask", "a.png"], ["--mask-words and --region", "not both"]),
     (["--region", "foreground", "--localize"], ["--localize and --mask-words / --region"]),
     (["--region", "sky"], ["--region", "'sky' is not one of 'foreground', 'background'"]),
