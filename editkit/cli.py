@@ -235,7 +235,10 @@ GUIDANCE_HELP = ("[default: the model's recommendation (a trained editor's "
               help="Hub id, local diffusers folder, run folder, or LoRA .safetensors file.")
 @click.option("--base", default=None, callback=_model_reference,
               help="Base model for a LoRA file (default: its own).")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--steps", default=None, type=click.IntRange(1, 1000),
+              help="Denoising steps  [default: the editor's recommendation, else its "
+                   "family's: 20 for InstructPix2Pix, 28 FLUX.1 Kontext, 4 FLUX.2 klein, 40 "
+                   "Qwen-Image-Edit]")
 @click.option("--guidance", default=None, type=Number(),
               help="Text guidance scale  " + GUIDANCE_HELP.format(DEFAULT_GUIDANCE["text"]))
 @click.option("--image-guidance", default=None, type=Number(),

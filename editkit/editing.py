@@ -37,7 +37,8 @@ def pick_guidance(text: float | None, image: float | None,
     each came from ("given", "model" or "default")."""
     fallback, origin = (recommended, "model") if recommended else (DEFAULT_GUIDANCE, "default")
     return {"text": fallback["text"] if text is None else text,
-            "image": fallback["image"] if image is None else image,
+            # a flow editor's recommendation has no image guidance (it has none): None
+            "image": fallback.get("image") if image is None else image,
             "text_from": origin if text is None else "given",
             "image_from": origin if image is None else "given"}
 
@@ -45,7 +46,7 @@ def pick_guidance(text: float | None, image: float | None,
 @dataclass
 class EditSettings:
     instruction: str
-    steps: int = 20
+    steps: int | None = None  # None: the model's recommendation, else its family's
     guidance: float | None = None  # None: the model's recommendation, else DEFAULT_GUIDANCE
     image_guidance: float | None = None
     seed: int = 0
@@ -78,7 +79,7 @@ class EditSettings:
                 raise InputError(f"{name} {value} is not a finite number of 0 or more",
                                  "give a number like 7.5 (guidance) or 4 (feather)")
         for name in ("steps", "variations", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} {getattr(self, name)} is below 1", "give 1 or more")
         if self.size is not None and self.size < 8:
             raise InputError(f"size {self.size} is below 8 pixels", "give a long side like 512")
@@ -168,14 +169,20 @@ def working_size(width: int, height: int, size: int, multiple: int) -> tuple[int
 
 
 def model_multiple(pipe: Any) -> int:
-    """Image sides must divide by the VAE's factor times the UNet's downsampling."""
+    """Image sides must divide by the VAE's factor times the UNet's downsampling (a flow
+    editor's transformer: times its 2x2 patches)."""
+    if getattr(pipe, "unet", None) is None:
+        return int(pipe.vae_scale_factor) * 2
     downs = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     return int(pipe.vae_scale_factor) * downs
 
 
 def native_size(pipe: Any) -> int:
     """The side the model was trained at: the UNet's sample size in pixels (512 for Stable
-    Diffusion 1.5 and InstructPix2Pix, 1024 for SDXL, 64 for the shapes world's models)."""
+    Diffusion 1.5 and InstructPix2Pix, 1024 for SDXL, 64 for the shapes world's models); a
+    flow editor's default size (1024 for the real ones)."""
+    if getattr(pipe, "unet", None) is None:
+        return int(getattr(pipe, "default_sample_size", 128)) * int(pipe.vae_scale_factor)
     sample = pipe.unet.config.sample_size
     sample = max(sample) if isinstance(sample, (list, tuple)) else sample
     return int(sample) * int(pipe.vae_scale_factor)
@@ -256,8 +263,10 @@ def save_with_settings(image: Any, path: Path, settings: dict[str, Any]) -> None
     info = PngInfo()
     info.add_text("editkit", json.dumps(settings, sort_keys=True))
     info.add_text("parameters", f"{settings['instruction']}\nSteps: {settings['steps']}, "
-                  f"Guidance: {settings['guidance']}, Image guidance: "
-                  f"{settings['image_guidance']}, Seed: {settings['seed']}, "
+                  f"Guidance: {settings['guidance']}, "
+                  + ("" if settings.get("image_guidance") is None else
+                     f"Image guidance: {settings['image_guidance']}, ")
+                  + f"Seed: {settings['seed']}, "
                   f"Model: {settings['model']['ref']}")
     if path.suffix.lower() == ".png":
         atomic_save_image(image, path, pnginfo=info)
@@ -402,10 +411,32 @@ def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
     InstructPix2Pix's 7.5 / 1.5."""
     picked = pick_guidance(settings.guidance, settings.image_guidance, recommended)
     chosen = replace(settings, guidance=picked["text"], image_guidance=picked["image"])
+    if recommended and "image" not in recommended:  # a flow editor: text guidance only
+        if settings.guidance is None:
+            say(f"guidance {chosen.guidance:g} (unless given: the editor's recommendation)")
+        return chosen
     if recommended and (settings.guidance is None or settings.image_guidance is None):
         say(f"guidance {chosen.guidance:g}, image guidance {chosen.image_guidance:g} "
             "(unless given: the model's recommendation, from its editkit_weights.json)")
     return chosen
+
+
+def with_family_defaults(settings: EditSettings, spec: Any, family: Any, pipe: Any,
+                         say: Callable[[str], None]) -> EditSettings:
+    """Steps and guidance not given: the editor's recommendation (its editkit_weights.json),
+    else its family's (a flow editor's model card), else InstructPix2Pix's. A flow editor
+    has no image guidance: asking for one is refused."""
+    guidance, steps = family.edit_defaults(pipe)
+    if getattr(family, "flow", False):
+        if settings.image_guidance is not None:
+            raise InputError(f"{family.title} has no image guidance",
+                             "drop --image-guidance (--guidance sets its text guidance)")
+        if settings.localize:
+            raise InputError(f"--localize reads an InstructPix2Pix UNet's attention; "
+                             f"{family.title} has none", "use --mask-words or --mask")
+    if settings.steps is None:
+        settings = replace(settings, steps=spec.steps or steps)
+    return with_guidance(settings, spec.guidance or guidance, say)
 
 
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
@@ -485,7 +516,7 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
 
     pipe, spec = load_edit_pipeline(model, device=device, dtype=dtype, base=base)
     family = family_named(spec.family)
-    settings = with_guidance(settings, spec.guidance, say)
+    settings = with_family_defaults(settings, spec, family, pipe, say)
     if settings.size is None:
         settings = replace(settings, size=native_size(pipe))
     multiple = model_multiple(pipe)

@@ -24,9 +24,11 @@ def edit_all(ref: str, rows: list[dict[str, Any]], inputs: list[Any], settings: 
     pipe, spec = load_edit_pipeline(ref, device=settings.device)
     family = family_named(spec.family)
     # the rule `editkit edit` follows, so both judge an editor at the guidance it is used at
-    guidance = pick_guidance(settings.guidance, settings.image_guidance, spec.guidance)
+    guidance = pick_guidance(settings.guidance, settings.image_guidance,
+                             spec.guidance or family.edit_defaults(pipe)[0])
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
     described = {**spec.describe(), "scheduler": type(pipe.scheduler).__name__,
-                 "dtype": str(pipe.unet.dtype).replace("torch.", ""), "edited_with": guidance}
+                 "dtype": str(denoiser.dtype).replace("torch.", ""), "edited_with": guidance}
     edited: list[Any] = []
     try:
         for start in range(0, len(rows), settings.batch_size):

@@ -12,7 +12,8 @@ folder, a built-in tiny model, a finished run folder (its `train/final/`), a fol
      "base_probe": [32 numbers] (optional)}
 
 Either may add "guidance": {"text": T, "image": I}, the guidance the trainer recommends
-(`editkit edit` uses it when no --guidance / --image-guidance is given). A LoRA may add
+(`editkit edit` uses it when no --guidance / --image-guidance is given; a flow editor's has
+no "image"), and "steps", the denoising steps it recommends. A LoRA may add
 "prediction_type" ("epsilon", "v_prediction" or "sample"): what its UNet was trained to
 predict (editkit's trainers always write it; absent, the base's scheduler decides; a full
 pipeline's own scheduler config says it already). "base_probe" is a
@@ -49,6 +50,7 @@ class EditModelSpec:
     base_probe: tuple[float, ...] | None = None  # the base's weights_probe at training time
     prediction_type: str | None = None  # the LoRA's recorded one; None: the base's
     family: str | None = None  # the editor's model family ("sd", "sdxl"), known once loaded
+    steps: int | None = None  # recommended denoising steps (flow editors' trainers write it)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"ref": self.ref, "type": self.type,
@@ -74,10 +76,15 @@ def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpe
                          "the trained weights are incomplete; re-run the train stage") from None
     guidance = data.get("guidance")
     if guidance is not None and not (
-            isinstance(guidance, dict) and all(isinstance(guidance.get(k), (int, float))
-                                               for k in ("text", "image"))):
+            isinstance(guidance, dict) and isinstance(guidance.get("text"), (int, float))
+            and isinstance(guidance.get("image", 0), (int, float))):
         raise ModelError(f"{folder / WEIGHTS_FILE} has a malformed guidance entry {guidance!r}",
-                         'expected {"text": number, "image": number}, or no entry')
+                         'expected {"text": number, "image": number} ("image" only for '
+                         "InstructPix2Pix editors), or no entry")
+    steps = data.get("steps")
+    if steps is not None and not (isinstance(steps, int) and steps > 0):
+        raise ModelError(f"{folder / WEIGHTS_FILE} has a malformed steps entry {steps!r}",
+                         "expected a positive whole number of denoising steps, or no entry")
     if data.get("type") == "pipeline":
         return EditModelSpec(ref, "pipeline", ModelRef(ref, "local", str(folder.resolve())),
                              guidance=guidance)
@@ -98,7 +105,7 @@ def _from_weights_file(ref: str, folder: Path, base: str | None) -> EditModelSpe
         return EditModelSpec(ref, "lora", resolve(base or data.get("base") or
                                                   DEFAULT_EDIT_MODEL), lora, conv_in,
                              guidance, tuple(probe) if probe and not base else None,
-                             prediction)
+                             prediction, steps=steps)
     raise ModelError(f"{folder / WEIGHTS_FILE} has unknown type {data.get('type')!r}",
                      "expected 'pipeline' or 'lora'")
 
@@ -129,8 +136,8 @@ def resolve_edit_model(ref: str | Path, base: str | None = None) -> EditModelSpe
         if sibling.exists():
             spec = _from_weights_file(text, path.parent, base)
             return EditModelSpec(text, "lora", spec.pipeline, path, spec.conv_in,
-                                 base_probe=spec.base_probe,
-                                 prediction_type=spec.prediction_type)
+                                 spec.guidance, base_probe=spec.base_probe,
+                                 prediction_type=spec.prediction_type, steps=spec.steps)
         return EditModelSpec(text, "lora", resolve(base or DEFAULT_EDIT_MODEL), path)
     named = resolve(text)
     if named.source == "builtin" and (Path(named.location) / WEIGHTS_FILE).is_file():
@@ -229,18 +236,19 @@ def _check_base(unet: Any, spec: EditModelSpec) -> None:
 _LORA_DOWN = (".lora_A.", ".lora.down.", ".lora_down.", ".lora_linear_layer.down.")
 
 
-def _check_lora_loaded(unet: Any, spec: EditModelSpec) -> None:
-    """Every UNet layer the LoRA file holds is on the UNet: `load_lora_weights` only warns
-    when keys it cannot place are left over (a file saved half in diffusers' old format)."""
+def _check_lora_loaded(denoiser: Any, prefix: str, spec: EditModelSpec) -> None:
+    """Every layer of the denoiser (UNet or transformer) the LoRA file holds is on it:
+    `load_lora_weights` only warns when keys it cannot place are left over (a file saved
+    half in diffusers' old format)."""
     from safetensors import safe_open
 
     with safe_open(str(spec.lora), "pt") as f:
         wanted = sum(1 for k in f.keys()
-                     if k.startswith("unet.") and any(d in k for d in _LORA_DOWN))
-    loaded = sum(1 for m in unet.modules() if len(getattr(m, "lora_A", ()) or ()) > 0)
+                     if k.startswith(f"{prefix}.") and any(d in k for d in _LORA_DOWN))
+    loaded = sum(1 for m in denoiser.modules() if len(getattr(m, "lora_A", ()) or ()) > 0)
     if loaded < wanted:
         raise ModelError(
-            f"LoRA {spec.lora}: only {loaded} of its {wanted} UNet layers loaded onto "
+            f"LoRA {spec.lora}: only {loaded} of its {wanted} {prefix} layers loaded onto "
             f"'{spec.pipeline.ref}'",
             "retrain with this editkit (older ones saved LoRAs on convolutions half in "
             "diffusers' old key format), or check that it was trained on this base (--base)")
@@ -261,7 +269,8 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
     family = family_for(spec.pipeline)
     spec = replace(spec, family=family.name)
     pipe = family.load_editor(spec.pipeline, torch_dtype)
-    _check_base(pipe.unet, spec)
+    if getattr(family, "flow", False):
+        return _with_lora(pipe, pipe.transformer, "transformer", spec).to(device), spec
     if spec.conv_in is not None:
         from safetensors.torch import load_file
 
@@ -275,6 +284,15 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
             f"{pipe.unet.config.in_channels} channels), not an instruction editor",
             "use an InstructPix2Pix model (like timbrooks/instruct-pix2pix) or a run trained "
             "from it")
+    pipe = _with_lora(pipe, pipe.unet, "unet", spec)
+    pipe.scheduler = with_prediction_type(pipe.scheduler, spec.prediction_type)
+    return pipe.to(device), spec
+
+
+def _with_lora(pipe: Any, denoiser: Any, prefix: str, spec: EditModelSpec) -> Any:
+    """`pipe` with the spec's LoRA (if any) loaded onto `denoiser` (the UNet or the
+    transformer, its keys under `prefix`) and fused, progress bars off."""
+    _check_base(denoiser, spec)
     if spec.lora is not None:
         try:
             pipe.load_lora_weights(str(spec.lora.parent), weight_name=spec.lora.name)
@@ -282,10 +300,9 @@ def load_edit_pipeline(ref: str | Path, device: str = "auto", dtype: str = "auto
             raise ModelError(f"could not load LoRA {spec.lora} onto '{spec.pipeline.ref}': "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                              "check that the LoRA was trained on this base (--base)") from exc
-        _check_lora_loaded(pipe.unet, spec)
+        _check_lora_loaded(denoiser, prefix, spec)
         # merged into the base weights: each layer then runs one matmul instead of three
         # (the same numbers; a rank-64 shapes editor edits 1.7x faster on CPU, BENCHMARKS.md)
         pipe.fuse_lora()
-    pipe.scheduler = with_prediction_type(pipe.scheduler, spec.prediction_type)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device), spec
+    return pipe

@@ -73,6 +73,11 @@ class ModelFamily(ABC):
     text_to_image: ClassVar[str]  # diffusers pipeline class names
     editor: ClassVar[str]
 
+    def edit_defaults(self, pipe: Any) -> tuple[dict[str, float] | None, int]:
+        """(guidance, denoising steps) the family's editors run with when neither the user
+        nor the editor's editkit_weights.json says: None is InstructPix2Pix's guidance."""
+        return None, 20
+
     def pipeline_class(self, editor: bool = False) -> Any:
         import diffusers
 

@@ -40,6 +40,17 @@ class FlowFamily(ModelFamily):
 
         return getattr(diffusers, self.editor)
 
+    def recommended(self, pipe: Any) -> tuple[float, int]:
+        """(guidance, steps) to run `pipe` with (a loaded pipeline, or a trainer's parts):
+        `default_guidance` and `default_steps`, unless the family's variants differ (FLUX.2
+        klein: a step-distilled model and its base want different ones)."""
+        return self.default_guidance, self.default_steps
+
+    def negative_prompt(self, parts: Any, guidance: float) -> str | None:
+        """The negative prompt the pipeline encodes when it edits at `guidance` (Qwen-Image-
+        Edit's true CFG: " "); None when it guides without one."""
+        return None
+
     # --- what these families cannot do ----------------------------------------------------
 
     def _cannot(self, what: str) -> ModelError:
@@ -59,6 +70,10 @@ class FlowFamily(ModelFamily):
         raise self._cannot("render text-to-image pairs")
 
     # --- loading and editing --------------------------------------------------------------
+
+    def edit_defaults(self, pipe: Any) -> tuple[dict[str, float] | None, int]:
+        guidance, steps = self.recommended(pipe)
+        return {"text": guidance}, steps
 
     def load_editor(self, ref: Any, dtype: Any) -> Any:
         """The family's editing pipeline of `ref`, on the CPU."""

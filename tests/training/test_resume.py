@@ -51,6 +51,9 @@ def trainer(kind: str, options: dict):
     if kind == "lora":
         from editkit.builtins.lora import LoraOptions as Options
         from editkit.builtins.lora import LoraTrainer as Trainer
+    elif kind == "flow-lora":
+        from editkit.builtins.flow_lora import FlowLoraTrainer as Trainer
+        from editkit.builtins.flow_lora import FlowLoraTrainerOptions as Options
     elif kind == "instruct-pix2pix":
         from editkit.builtins.instruct_pix2pix import FinetuneOptions as Options
         from editkit.builtins.instruct_pix2pix import InstructPix2PixTrainer as Trainer

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 # Words the tiny tokenizer learns merges for, so common captions tokenise into whole words.
 CORPUS = """
@@ -89,6 +89,43 @@ def build_tiny_tokenizer(path: str | Path, words: list[str] | None = None) -> Pa
                               model_max_length=77, pad_token="<|endoftext|>")
     tokenizer.save_pretrained(path)
     return path
+
+
+# Qwen's added tokens in the real vocabularies' order (Qwen2.5 and Qwen3 alike): the special
+# ones, then those decoded as text (Qwen3 adds <tool_response>, </tool_response>, <think> and
+# </think> after them)
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                "<|image_pad|>", "<|video_pad|>")
+QWEN_ADDED = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+              "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")
+
+
+def build_qwen_tokenizer(texts: list[str], count: int, added: tuple[str, ...] = QWEN_ADDED
+                         ) -> Any:
+    """Qwen's tokenizer class with a byte-level BPE of `count` merges learnt (by the
+    `tokenizers` library, on Qwen's own pre-tokenizer split) from `texts` first, then the word
+    list; then Qwen's special tokens and `added`: <|endoftext|> pads, <|im_end|> ends."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = Qwen2Tokenizer()._tokenizer.pre_tokenizer
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + count, initial_alphabet=alphabet,
+                                  min_frequency=1, show_progress=False)
+    learner.train_from_iterator([*texts, " ".join(CORPUS), *CORPUS], trainer=trainer)
+    vocab = dict(sorted(learner.get_vocab().items(), key=lambda item: item[1]))
+    for token in (*QWEN_SPECIAL, *added):
+        vocab[token] = len(vocab)
+    merges = [tuple(pair) for pair in json.loads(learner.to_str())["model"]["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", unk_token=None,
+                               model_max_length=131072, errors="replace",
+                               additional_special_tokens=list(QWEN_SPECIAL))
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
+    return tokenizer
 
 
 def _text_config(vocab_size: int, hidden: int = 32) -> dict:
