@@ -142,6 +142,13 @@ class FlowFamily(ModelFamily):
         pipeline normalises them (the VAE distribution's mode), for `pixels` (B, 3, H, W) in
         [-1, 1] on the VAE's device and dtype."""
 
+    def condition_image(self, parts: Any, image: Any) -> Any:
+        """The image to edit (PIL) as the pipeline resizes it before encoding it as the
+        condition latents, so a trainer's condition is the one the editor sees: as it is,
+        unless the family's pipeline resizes it (Qwen-Image-Edit: to about a megapixel,
+        whatever the output size)."""
+        return image
+
     @abstractmethod
     def text_embeddings(self, parts: Any, prompts: list[str],
                         images: list[Any] | None = None) -> dict[str, Any]:

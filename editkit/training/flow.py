@@ -201,7 +201,7 @@ class FlowEditTask:
         o = self.options
         flips = (False, True) if o.random_flip else (False,)
         if o.cache_latents:
-            keys = {(str(p), m, self.plan.bucket(i, self.square))
+            keys = {(str(p), m, self.plan.bucket(i, self.square), p == row.input_image)
                     for i, row in enumerate(self.rows) for p in (row.input_image,
                                                                  row.edited_image)
                     for m in flips}
@@ -246,20 +246,31 @@ class FlowEditTask:
         with torch.no_grad():
             return self.family.image_latents(self.parts, pixels)[0].float().cpu()
 
-    def _cached_latents(self, path: str, mirror: bool, bucket: tuple[int, int]) -> Any:
+    def _cached_latents(self, path: str, mirror: bool, bucket: tuple[int, int],
+                        condition: bool = False) -> Any:
+        """The latents of one image's crop; as the image to edit (`condition`), at the size
+        the family's pipeline encodes it (`FlowFamily.condition_image`)."""
         from safetensors.torch import load_file, save_file
 
         stat = Path(path).stat()
         key = _key(self.family.name, self.ref.ref, path, stat.st_size, stat.st_mtime_ns,
-                   mirror, bucket)
+                   mirror, bucket, self._condition_size(bucket) if condition else bucket)
         if key not in self._latents:
             file = self.cache_dir / "latents" / f"{key}.safetensors"
             if file.exists():
                 self._latents[key] = load_file(file)["latents"]
             else:
-                self._latents[key] = self._encode_image(self._crop(path, mirror, bucket))
+                image = self._crop(path, mirror, bucket)
+                if condition:
+                    image = self.family.condition_image(self.parts, image)
+                self._latents[key] = self._encode_image(image)
                 _save_atomic(save_file, {"latents": self._latents[key]}, file)
         return self._latents[key]
+
+    def _condition_size(self, bucket: tuple[int, int]) -> tuple[int, int]:
+        from PIL import Image
+
+        return self.family.condition_image(self.parts, Image.new("RGB", bucket)).size
 
     def _row_text(self, index: int, row: Row, mirror: bool, prompt: str | None = None
                   ) -> dict[str, Any]:
@@ -325,7 +336,7 @@ class FlowEditTask:
             bucket = self.plan.bucket(index, self.square)
             if o.cache_latents:
                 mirror = o.random_flip and rng.random() < 0.5
-                a = self._cached_latents(str(row.input_image), mirror, bucket)
+                a = self._cached_latents(str(row.input_image), mirror, bucket, condition=True)
                 b = self._cached_latents(str(row.edited_image), mirror, bucket)
             else:
                 from PIL import Image
@@ -333,7 +344,8 @@ class FlowEditTask:
                 with Image.open(row.input_image) as x, Image.open(row.edited_image) as y:
                     crop_a, crop_b = paired_crop([x, y], bucket, rng, o.random_flip)
                 mirror = False  # the crop above may have mirrored both already
-                a, b = self._encode_image(crop_a), self._encode_image(crop_b)
+                a = self._encode_image(self.family.condition_image(self.parts, crop_a))
+                b = self._encode_image(crop_b)
             before.append(a)
             after.append(b)
             texts.append((index, row, mirror))
