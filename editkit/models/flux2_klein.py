@@ -60,12 +60,12 @@ class Flux2Klein(FlowFamily):
         # a base model guides against the empty prompt; a distilled one does not guide
         return None if self.distilled(parts) or guidance <= 1 else ""
 
-    def training_parts(self, ref: Any) -> dict[str, Any]:
+    def training_parts(self, ref: Any, dtype: Any = None) -> dict[str, Any]:
         """The parts, and `is_distilled` from model_index.json (validation edits of a base
         use classifier-free guidance; a distilled model's pipeline skips it)."""
         from editkit.models import resolve
 
-        parts = super().training_parts(ref)
+        parts = super().training_parts(ref, dtype)
         found = resolve(ref) if isinstance(ref, str) else ref
         try:
             index = self.pipeline_class().load_config(found.location)

@@ -105,10 +105,10 @@ class QwenImageEdit(FlowFamily):
         return load(getattr(diffusers, self.editor_name(ref)), ref, f"{self.title} editor",
                     dtype=dtype, processor=self.load_processor(ref))
 
-    def training_parts(self, ref: Any) -> dict[str, Any]:
+    def training_parts(self, ref: Any, dtype: Any = None) -> dict[str, Any]:
         """The base's parts, and `editor`: the pipeline class the model names (the two
         pipelines' text templates differ)."""
-        return {**super().training_parts(ref), "editor": self.editor_name(ref)}
+        return {**super().training_parts(ref, dtype), "editor": self.editor_name(ref)}
 
     def load_vae(self, ref: Any) -> Any:
         from diffusers import AutoencoderKLQwenImage

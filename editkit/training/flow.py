@@ -122,7 +122,6 @@ class FlowEditTask:
 
     def setup(self, accelerator: Any, weight_dtype: Any, log: Callable[[str], None]) -> None:
         import torch
-        from peft import LoraConfig
 
         from editkit.models import resolve
         from editkit.models.families import family_for
@@ -142,7 +141,8 @@ class FlowEditTask:
             raise RunError(f"'{o.base}' is {family.title}, not a flow-matching editor",
                            "use: lora or instruct-pix2pix for Stable Diffusion and SDXL")
         self.family = family
-        loaded = family.training_parts(self.ref)
+        self._plan_memory(log)  # from the configs, before any weight is read
+        loaded = family.training_parts(self.ref, weight_dtype)
         compute = weight_dtype if weight_dtype != torch.float32 else (
             torch.bfloat16 if o.mixed_precision == "bf16" and self.device.type != "cpu"
             else torch.float32)
@@ -167,6 +167,23 @@ class FlowEditTask:
         transformer = parts.transformer
         transformer.requires_grad_(False)
         self.base_probe = weights_probe(transformer)
+        self.multiple = family.latent_multiple(parts)
+        self.square = (max(self.multiple, o.resolution // self.multiple * self.multiple),) * 2
+        buckets = make_buckets(o.resolution, self.multiple) if o.buckets else None
+        self.plan = BatchPlan(self.rows, buckets, o.batch_size * self.world, self.seed)
+        # the caches are filled before the transformer comes to the device: the text
+        # encoders have left it by then (what the memory plan counts on)
+        self._fill_caches(log)
+        self._add_lora(transformer, compute, log)
+        torch.manual_seed(self.seed)
+
+    def _add_lora(self, transformer: Any, compute: Any, log: Callable[[str], None]) -> None:
+        """The frozen transformer on the device (quantized when asked), with a LoRA whose
+        weights train in fp32."""
+        import torch
+        from peft import LoraConfig
+
+        o = self.options
         if o.quantize != "none":
             from editkit.training.quantize import quantize
 
@@ -174,9 +191,9 @@ class FlowEditTask:
             log(f"transformer quantized to {o.quantize} (frozen base, QLoRA)")
         else:
             transformer.to(self.device)
-            if weight_dtype != torch.float32:
-                transformer.to(dtype=weight_dtype)
-        targets = list(o.target_modules or family.lora_targets)
+            if self.weight_dtype != torch.float32:
+                transformer.to(dtype=self.weight_dtype)
+        targets = list(o.target_modules or self.family.lora_targets)
         transformer.add_adapter(LoraConfig(
             r=o.rank, lora_alpha=o.alpha or o.rank, lora_dropout=o.lora_dropout,
             init_lora_weights="gaussian", target_modules=targets))
@@ -184,16 +201,63 @@ class FlowEditTask:
             if param.requires_grad:
                 param.data = param.data.float()
         trained = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
-        log(f"LoRA rank {o.rank} on {len(targets)} kinds of {family.title} transformer "
+        log(f"LoRA rank {o.rank} on {len(targets)} kinds of {self.family.title} transformer "
             f"layers: {trained:,} parameters trained")
         if o.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        self.multiple = family.latent_multiple(parts)
-        self.square = (max(self.multiple, o.resolution // self.multiple * self.multiple),) * 2
-        buckets = make_buckets(o.resolution, self.multiple) if o.buckets else None
-        self.plan = BatchPlan(self.rows, buckets, o.batch_size * self.world, self.seed)
-        self._fill_caches(log)
-        torch.manual_seed(self.seed)
+
+    def _plan_memory(self, log: Callable[[str], None]) -> None:
+        """The memory plan from the model's configs (`editkit.training.planner`), printed;
+        a plan larger than the GPU, or than this machine's memory, is refused with the
+        option changes that would fit."""
+        import psutil
+
+        from editkit.training import planner
+        from editkit.training.memory import GIB
+
+        cpu = self.device.type == "cpu"
+        try:
+            self.model_plan = planner.flow_model(self.ref.location)
+        except Exception as exc:  # no configs to plan from: said, and training goes on
+            self.model_plan = None
+            log(f"no memory plan: {str(exc).splitlines()[0]}")
+            return
+        found = planner.plan(self.model_plan, self.options, cpu=cpu, pairs=len(self.rows))
+        for line in planner.describe(found):
+            log(line)
+        host = psutil.virtual_memory().total
+        if found.host_total > host:
+            raise RunError(f"the memory plan needs about {found.host_total / GIB:.1f} GiB of "
+                           f"host memory to load {self.options.base}; this machine has "
+                           f"{host / GIB:.1f} GiB", "train on a machine with more memory")
+        if not cpu and self.device.type == "cuda":
+            import torch
+
+            available = torch.cuda.get_device_properties(self.device).total_memory
+            if found.total > available:
+                fits = planner.fitting_changes(self.model_plan, self.options, available)
+                raise RunError(
+                    f"the memory plan needs about {found.total / GIB:.1f} GiB of GPU memory; "
+                    f"{self.device} has {available / GIB:.1f} GiB",
+                    "options that should fit: " + "; ".join(fits) if fits else
+                    "no option change fits: use a larger GPU")
+
+    def memory_estimate(self, options: Any, cpu: bool) -> dict[str, float]:
+        """The loop's memory line: the planner's parts (the UNet heuristic without one)."""
+        from editkit.training import planner
+        from editkit.training.memory import estimate
+
+        if self.model_plan is None:
+            return estimate(self.size(), options, cpu)
+        return planner.plan(self.model_plan, options, cpu=cpu, pairs=len(self.rows)).parts()
+
+    def fitting_changes(self, options: Any, available: float, cpu: bool) -> list[str]:
+        from editkit.training import planner
+        from editkit.training.memory import fitting_changes
+
+        if self.model_plan is None:
+            return fitting_changes(self.size(), options, available, cpu)
+        return planner.fitting_changes(self.model_plan, options, available, cpu)
 
     def _fill_caches(self, log: Callable[[str], None]) -> None:
         """Encode what the caches hold before the first step (a rerun reads them from disk),

@@ -122,7 +122,9 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
     task.setup(accelerator, weight_dtype, log)
 
     size = task.size()
-    parts = memory.estimate(size, options, cpu)
+    # a task with its own memory planner (the flow editors') gives the estimate itself
+    planned = getattr(task, "memory_estimate", None)
+    parts = planned(options, cpu) if planned else memory.estimate(size, options, cpu)
     log(memory.describe(parts) + f" on {device}"
         + (f" per process, {accelerator.num_processes} processes"
            if accelerator.num_processes > 1 else ""))
@@ -182,7 +184,9 @@ def run(task: Task, options: Any, output_dir: Path, seed: int,
                 import psutil
 
                 available = psutil.virtual_memory().total
-            fits = memory.fitting_changes(size, options, available, cpu)
+            fitting = getattr(task, "fitting_changes", None)
+            fits = (fitting(options, available, cpu) if fitting
+                    else memory.fitting_changes(size, options, available, cpu))
             raise RunError(
                 f"out of memory at step {step + 1} ({memory.describe(parts)}; {device} has "
                 f"{available / memory.GIB:.1f} GiB)",
