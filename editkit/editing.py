@@ -421,19 +421,26 @@ def with_guidance(settings: EditSettings, recommended: dict[str, float] | None,
     return chosen
 
 
+def refuse_for_family(settings: EditSettings, family: Any) -> None:
+    """Settings the editor's family cannot honour: a flow editor has no image guidance and
+    no UNet attention for --localize."""
+    if not getattr(family, "flow", False):
+        return
+    if settings.image_guidance is not None:
+        raise InputError(f"{family.title} has no image guidance",
+                         "drop --image-guidance (--guidance sets its text guidance)")
+    if settings.localize:
+        raise InputError(f"--localize reads an InstructPix2Pix UNet's attention; "
+                         f"{family.title} has none", "use --mask-words or --mask")
+
+
 def with_family_defaults(settings: EditSettings, spec: Any, family: Any, pipe: Any,
                          say: Callable[[str], None]) -> EditSettings:
     """Steps and guidance not given: the editor's recommendation (its editkit_weights.json),
     else its family's (a flow editor's model card), else InstructPix2Pix's. A flow editor
     has no image guidance: asking for one is refused."""
     guidance, steps = family.edit_defaults(pipe)
-    if getattr(family, "flow", False):
-        if settings.image_guidance is not None:
-            raise InputError(f"{family.title} has no image guidance",
-                             "drop --image-guidance (--guidance sets its text guidance)")
-        if settings.localize:
-            raise InputError(f"--localize reads an InstructPix2Pix UNet's attention; "
-                             f"{family.title} has none", "use --mask-words or --mask")
+    refuse_for_family(settings, family)
     if settings.steps is None:
         settings = replace(settings, steps=spec.steps or steps)
     return with_guidance(settings, spec.guidance or guidance, say)
@@ -489,9 +496,13 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
                          "pass PNG, JPEG or WebP files")
     from editkit.models import check_family
 
-    check_family(model)  # a FLUX, ... model: one line before torch loads
+    check_family(model)  # a FLUX.1 dev, ... model: one line before torch loads
     if base:
         check_family(base)
+    from editkit.models.editors import resolve_edit_model
+    from editkit.models.families import family_for
+
+    refuse_for_family(settings, family_for(resolve_edit_model(model, base).pipeline))
     total, empty = len(images), []
     region_masks: list[Any] = []
     region_stats: list[dict[str, Any]] = []

@@ -173,3 +173,12 @@ class BatchPlan:
         per_epoch = self._per_epoch
         batch = self._epoch(m // per_epoch)[m % per_epoch]
         return batch[rank::world]
+
+
+def to_tensor(image: Any) -> Any:
+    """A PIL image as a (3, H, W) float tensor in [-1, 1], as the VAEs take it."""
+    import numpy as np
+    import torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)

@@ -25,6 +25,7 @@ from editkit.training.data import (
     paired_crop,
     plan_crop,
     read_pair_rows,
+    to_tensor,
 )
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize, model_size
@@ -319,7 +320,7 @@ class EditTask:
                                          for pair, bucket in zip(examples, bucket_of)
                                          for path, mirror in pair])
         else:
-            pixels = torch.stack([_to_tensor(im) for pair in examples for im in pair])
+            pixels = torch.stack([to_tensor(im) for pair in examples for im in pair])
             with torch.no_grad():
                 params = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.parameters
         before = DiagonalGaussianDistribution(params[0::2]).mode()
@@ -347,7 +348,7 @@ class EditTask:
             if mirror:
                 cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             with torch.no_grad():
-                self._latents[key] = self.parts.vae.encode(_to_tensor(cropped)[None].to(
+                self._latents[key] = self.parts.vae.encode(to_tensor(cropped)[None].to(
                     self.device, self.parts.vae.dtype)).latent_dist.parameters
         return torch.cat([self._latents[key] for key in keys])
 
@@ -577,10 +578,3 @@ def _dropped(text: Any, null: Any, drop: Any) -> Any:
         {k: where(v, null.added[k]) for k, v in text.added.items()}
     return Conditioning(where(text.hidden, null.hidden), added)
 
-
-def _to_tensor(image: Any) -> Any:
-    import numpy as np
-    import torch
-
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)

@@ -26,7 +26,14 @@ from pydantic import Field, model_validator
 
 from editkit.errors import RunError
 from editkit.models.editors import weights_probe
-from editkit.training.data import BatchPlan, Row, make_buckets, paired_crop, read_pair_rows
+from editkit.training.data import (
+    BatchPlan,
+    Row,
+    make_buckets,
+    paired_crop,
+    read_pair_rows,
+    to_tensor,
+)
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize, model_size
 from editkit.training.options import TrainOptions
@@ -306,7 +313,7 @@ class FlowEditTask:
         it runs in; alone, a resumed run's cache equals an uninterrupted run's)."""
         import torch
 
-        pixels = _to_tensor(image)[None].to(self.device, self.parts.vae.dtype)
+        pixels = to_tensor(image)[None].to(self.device, self.parts.vae.dtype)
         with torch.no_grad():
             return self.family.image_latents(self.parts, pixels)[0].float().cpu()
 
@@ -546,10 +553,3 @@ def _save_atomic(save: Callable[..., None], tensors: dict[str, Any], file: Path)
     save(tensors, str(tmp))
     tmp.replace(file)
 
-
-def _to_tensor(image: Any) -> Any:
-    import numpy as np
-    import torch
-
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)

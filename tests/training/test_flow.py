@@ -36,8 +36,7 @@ def latent_gap(folder, data, steps: int = 8) -> float:
 
     from editkit.models.editors import load_edit_pipeline
     from editkit.models.families import family_named
-    from editkit.training.data import read_pair_rows
-    from editkit.training.flow import _to_tensor
+    from editkit.training.data import read_pair_rows, to_tensor
 
     pipe, spec = load_edit_pipeline(str(folder), device="cpu")
     family = family_named(spec.family)
@@ -48,8 +47,8 @@ def latent_gap(folder, data, steps: int = 8) -> float:
         for k, row in enumerate(rows):
             before = Image.open(row.input_image).convert("RGB")
             after = Image.open(row.edited_image).convert("RGB")
-            condition = family.image_latents(parts, _to_tensor(before)[None])
-            target = family.image_latents(parts, _to_tensor(after)[None])
+            condition = family.image_latents(parts, to_tensor(before)[None])
+            target = family.image_latents(parts, to_tensor(after)[None])
             text = family.text_embeddings(parts, [row.prompt], [before])
             x = torch.randn(target.shape, generator=torch.Generator().manual_seed(k))
             sigmas = torch.linspace(1, 0, steps + 1)

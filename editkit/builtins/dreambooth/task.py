@@ -10,8 +10,7 @@ from typing import Any, Callable
 
 from editkit.errors import InputError
 from editkit.run.folder import IMAGE_SUFFIXES, atomic_save_image
-from editkit.training.data import BatchPlan, Row, paired_crop
-from editkit.training.editor import _to_tensor
+from editkit.training.data import BatchPlan, Row, paired_crop, to_tensor
 from editkit.training.loop import seed_for
 from editkit.training.memory import ModelSize
 from editkit.training.tracker import Tracker
@@ -178,7 +177,7 @@ class DreamBoothTask:
 
             with Image.open(row.input_image) as image:
                 (crop,) = paired_crop([image], self.square, rng, o.random_flip)
-            pixels.append(_to_tensor(crop))
+            pixels.append(to_tensor(crop))
         batch = torch.stack(pixels).to(self.device, self.weight_dtype)
         with torch.no_grad():
             dist = self.parts.vae.encode(batch).latent_dist
