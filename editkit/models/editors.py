@@ -248,7 +248,8 @@ def _check_lora_loaded(denoiser: Any, prefix: str, spec: EditModelSpec) -> None:
     loaded = sum(1 for m in denoiser.modules() if len(getattr(m, "lora_A", ()) or ()) > 0)
     if loaded < wanted:
         raise ModelError(
-            f"LoRA {spec.lora}: only {loaded} of its {wanted} {prefix} layers loaded onto "
+            f"LoRA {spec.lora}: only {loaded} of its {wanted} "
+            f"{'UNet' if prefix == 'unet' else prefix} layers loaded onto "
             f"'{spec.pipeline.ref}'",
             "retrain with this editkit (older ones saved LoRAs on convolutions half in "
             "diffusers' old key format), or check that it was trained on this base (--base)")

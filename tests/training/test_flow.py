@@ -8,7 +8,15 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from test_resume import prepared, stopped_and_resumed, train
+from test_resume import (
+    assert_identical,
+    killed_until_done,
+    last_step,
+    prepared,
+    stopped_and_resumed,
+    tensors,
+    train,
+)
 
 from editkit.testing.pairs import make_pair_dataset
 
@@ -94,6 +102,23 @@ def test_a_stopped_and_resumed_flow_run_ends_bit_identical(base, pairs, tmp_path
     found = stopped_and_resumed("flow-lora", data, tmp_path, options)
     assert any(k.startswith("final/pytorch_lora_weights.safetensors:transformer.")
                for k in found)
+
+
+@pytest.mark.slow
+def test_a_flow_run_killed_at_random_moments_ends_bit_identical(pairs, tmp_path):
+    """A real process on a 4-bit base, killed with SIGKILL at random moments (while caching,
+    between checkpoints, while writing one), started again until it finishes."""
+    import random
+
+    data, options = prepared("flow-lora", {"base": "tiny-flux-kontext"}, tmp_path, pairs)
+    options = flow("tiny-flux-kontext", optimizer="adamw8bit", min_8bit_size=1,
+                   quantize="nf4", text_dropout=0.2, batch_size=2, steps=18,
+                   checkpoint_every=3)
+    out = tmp_path / "killed"
+    killed_until_done("flow-lora", options, data, out, random.Random("flow"), kills=3)
+    assert last_step(out) == 18
+    train("flow-lora", data, tmp_path / "never", **{**options, "checkpoint_every": 100})
+    assert_identical(tensors(tmp_path / "never"), tensors(out))
 
 
 def test_the_text_encoders_leave_memory_once_every_instruction_is_cached(pairs, tmp_path):
