@@ -194,7 +194,7 @@ def _model_reference(ctx: Any, param: Any, value: str | None) -> str | None:
         return value
     from editkit.models import reference_problem
 
-    role = {"base": "edit", "segmenter": None}.get(param.name, "editor")
+    role = {"base": "edit", "segmenter": None, "clip_model": None}.get(param.name, "editor")
     problem = reference_problem(value, role)
     if problem:
         raise click.BadParameter(problem, ctx=ctx, param=param)
@@ -275,6 +275,26 @@ GUIDANCE_HELP = ("[default: the model's recommendation (a trained editor's "
 @click.option("--segmenter", default=DEFAULT_SEGMENTER, show_default=True,
               callback=_model_reference,
               help="CLIPSeg model for --mask-words / --region: hub id or local folder.")
+@click.option("--best-of", default=None, type=click.IntRange(2, 64), metavar="N",
+              help="Make N candidates per image (seeds seed..seed+N-1 and guidance around "
+                   "the chosen values), write the one --judge scores best, every candidate's "
+                   "settings and scores in its PNG and <stem>.best-of.json; with "
+                   "--variations N every candidate is saved too.")
+@click.option("--judge", default="clip", show_default=True, metavar="NAME",
+              help="What scores --best-of's candidates: clip (CLIP gain toward the "
+                   "instruction + image similarity), vlm (a vision model's 1-10 scores, "
+                   "summed), or a judge plugin that reads the edit from the image (shapes).")
+@click.option("--clip-model", default=None, callback=_model_reference,
+              help="CLIP model of --judge clip: hub id, local folder or built-in "
+                   "[openai/clip-vit-large-patch14].")
+@click.option("--judge-backend", type=click.Choice(["openai", "ollama"]), default="openai",
+              show_default=True, help="API of --judge vlm: openai (OPENAI_API_KEY; any "
+              "server speaking it) or ollama.")
+@click.option("--judge-model", default=None, help="Vision model of --judge vlm [gpt-4o-mini "
+              "for openai, llama3.2-vision for ollama].")
+@click.option("--judge-url", default=None, help="Server of --judge vlm: an OpenAI-compatible "
+              "base URL [OPENAI_BASE_URL, else api.openai.com] or the Ollama host "
+              "[OLLAMA_HOST, else http://127.0.0.1:11434].")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--out", default=None, help="Output image file (one result: .png, .jpg, "
               ".webp, ...) or folder [edits/].")
@@ -285,7 +305,9 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
                  variations: int, size: int | None,
                  output_size: str, mask: str | None, feather: float, localize: bool,
                  localize_words: str | None, localize_threshold: str, mask_words: str | None,
-                 region: str | None, mask_threshold: str, segmenter: str, batch_size: int,
+                 region: str | None, mask_threshold: str, segmenter: str, best_of: int | None,
+                 judge: str, clip_model: str | None, judge_backend: str,
+                 judge_model: str | None, judge_url: str | None, batch_size: int,
                  out: str | None, device: str, dtype: str) -> None:
     """Edit IMAGE... (files or folders) by INSTRUCTION, e.g. "remove the cars"."""
     if len(args) < 2:
@@ -316,6 +338,18 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
         raise click.BadParameter(f"{mask_words!r} names nothing; give what the edit changes, "
                                  "like car,bus", param_hint="--mask-words")
     mask_cut = _threshold(mask_threshold, "--mask-threshold")
+    judging = ("judge", "clip_model", "judge_backend", "judge_model", "judge_url")
+    if best_of is None and any(source(name) != click.core.ParameterSource.DEFAULT
+                               for name in judging):
+        raise click.UsageError("--judge, --clip-model, --judge-backend, --judge-model and "
+                               "--judge-url need --best-of")
+    picking = None
+    if best_of is not None:
+        from editkit.evaluation.best_of import BestOf
+
+        picking = BestOf(best_of, judge=judge.strip(), clip_model=clip_model,
+                         judge_model=judge_model, judge_backend=judge_backend,
+                         judge_url=judge_url)
     from editkit.editing import EditSettings, SkippedImages, run_edits
 
     settings = EditSettings(instruction=args[-1], steps=steps, guidance=guidance,
@@ -328,7 +362,7 @@ def edit_command(args: tuple[str, ...], model: str, base: str | None, steps: int
     try:
         written = run_edits(list(args[:-1]), settings, model, out, base=base, mask=mask,
                             device=device, dtype=dtype, segmenter=segmenter,
-                            say=lambda line: click.echo(line, err=True))
+                            best_of=picking, say=lambda line: click.echo(line, err=True))
     except SkippedImages as exc:  # the others were edited: say where they went
         for path in exc.written:
             click.echo(str(path))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from editkit import __version__
 from editkit.errors import InputError
+from editkit.evaluation.best_of import Candidate, candidates
 from editkit.models.segmenter import DEFAULT_SEGMENTER, GENERIC_PROMPT, REGIONS
 from editkit.run.folder import IMAGE_SUFFIXES
 
@@ -332,12 +333,30 @@ def save_localized_mask(maps: Any, size: tuple[int, int], path: Path, words: lis
                         threshold: float | None) -> dict[str, Any]:
     """Threshold one sample's (1, h, w) attention maps into a mask of `size`, save it to
     `path` and return what the PNG metadata records about it."""
+    found, info = localized_mask(maps, size, words, threshold)
+    save_mask(found, path)
+    return {**info, "mask": str(path)}
+
+
+def localized_mask(maps: Any, size: tuple[int, int], words: list[str],
+                   threshold: float | None) -> tuple[Any, dict[str, Any]]:
+    """One sample's (1, h, w) attention maps thresholded into a mask of `size`, and what
+    the PNG metadata records about it (but where it is saved)."""
     from editkit.diffusion.localize import localize_mask
 
     found, cuts = localize_mask(maps[None], size, threshold)
-    save_mask(found[0], path)
-    return {"words": words, "threshold": "otsu" if threshold is None else threshold,
-            "cut": round(cuts[0], 4), "area": round(float(found.mean()), 6), "mask": str(path)}
+    return found[0], {"words": words, "threshold": "otsu" if threshold is None else threshold,
+                      "cut": round(cuts[0], 4), "area": round(float(found.mean()), 6)}
+
+
+def saved_soft_mask(mask: Any, feather: float) -> Any:
+    """The soft mask a found (1, h, w) mask gives once saved as a grey PNG and read back
+    like a `--mask` (`load_mask` at its own size), without the file: a candidate's mask is
+    used before it is known whether it is saved."""
+    from editkit.diffusion import masks
+
+    grey = (mask.clamp(0, 1) * 255).round() / 255
+    return masks.feather(grey[None].float(), feather)[0]
 
 
 def region_phrase(settings: EditSettings) -> str:
@@ -434,6 +453,16 @@ def refuse_for_family(settings: EditSettings, family: Any) -> None:
                          f"{family.title} has none", "use --mask-words or --mask")
 
 
+def candidate_plan(settings: EditSettings, best_of: Any = None) -> list[Candidate]:
+    """The samples each image gets: its variations (seeds seed..seed+N-1 at the chosen
+    guidance), or `best_of`'s candidates (seeds and a guidance sweep around it)."""
+    if best_of is not None:
+        return candidates(best_of.count, settings.seed, settings.guidance,
+                          settings.image_guidance, best_of.sweep)
+    return [Candidate(k + 1, settings.seed + k, settings.guidance, settings.image_guidance)
+            for k in range(settings.variations)]
+
+
 def with_family_defaults(settings: EditSettings, spec: Any, family: Any, pipe: Any,
                          say: Callable[[str], None]) -> EditSettings:
     """Steps and guidance not given: the editor's recommendation (its editkit_weights.json),
@@ -449,13 +478,18 @@ def with_family_defaults(settings: EditSettings, spec: Any, family: Any, pipe: A
 def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | None,
               base: str | None = None, mask: str | None = None, device: str = "auto",
               dtype: str = "auto", say: Callable[[str], None] = print,
-              segmenter: str = DEFAULT_SEGMENTER) -> list[Path]:
+              segmenter: str = DEFAULT_SEGMENTER, best_of: Any = None) -> list[Path]:
     """Edit every readable image of `paths` and return the files written. An unreadable
     image, or one whose segmenter mask (`settings.mask_words` / `region`, found by
     `segmenter` before the editor loads) is empty, is said (one line) and skipped; when any
     was, `SkippedImages` is raised after the others are written. A mask that covers the
     whole image is said, and the edit is then not confined. Everything that can be checked
-    (outputs, mask, model family) is checked before a model loads."""
+    (outputs, mask, model family, the judge) is checked before a model loads.
+
+    `best_of` (`editkit.evaluation.best_of.BestOf`) makes that many candidates of each edit
+    and writes the one its judge scores best, with every candidate's settings and scores in
+    its PNG and in `<stem>.best-of.json`; `settings.variations` equal to its count also
+    saves every candidate (and the grid, the best framed)."""
     if settings.localize and mask:
         raise InputError("--localize finds the mask itself; it cannot be combined with --mask",
                          "drop one of them")
@@ -477,8 +511,19 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
         cut = settings.mask_threshold
         say(f"the mask is {region_phrase(settings)}, as {segmenter} finds it in each image "
             f"(threshold {'otsu' if cut is None else cut})")
+    if best_of is not None and settings.variations not in (1, best_of.count):
+        raise InputError(f"--variations {settings.variations} with --best-of {best_of.count}: "
+                         "--variations shows every candidate", f"give --variations "
+                         f"{best_of.count} (as --best-of) or leave it out")
     images = collect_images(paths)
     targets = output_paths(images, out, settings.variations)
+    if best_of is not None and settings.variations > 1:
+        targets = [row + [row[0].with_name(f"{row[0].stem.rsplit('-', 1)[0]}.png")]
+                   for row in targets]  # every candidate, then the best
+        taken = [target for row in targets for target in row]
+        if len(set(taken)) < len(taken):
+            raise InputError("two inputs' results would share a file name (like a.png's "
+                             "best and a-1.png's)", "rename one of the inputs")
     found_masks = found_mask_paths(targets, settings)
     if mask:
         open_image(Path(mask))  # a mask that cannot be read fails now, not after the edits
@@ -503,6 +548,13 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     from editkit.models.families import family_for
 
     refuse_for_family(settings, family_for(resolve_edit_model(model, base).pipeline))
+    judge, prepared = None, {}
+    if best_of is not None:  # a judge that cannot judge these edits says so now
+        from editkit.evaluation.best_of import make_judge
+
+        judge = make_judge(best_of, device=device, dtype=dtype)
+        prepared = {path: judge.prepare(image, settings.instruction)
+                    for path, image, _, _ in opened}
     total, empty = len(images), []
     region_masks: list[Any] = []
     region_stats: list[dict[str, Any]] = []
@@ -531,7 +583,8 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
     if settings.size is None:
         settings = replace(settings, size=native_size(pipe))
     multiple = model_multiple(pipe)
-    jobs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    plan = candidate_plan(settings, best_of)
+    jobs: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
     for index, image in enumerate(originals):
         work = working_size(*image.size, settings.size, multiple)
         final = image.size if settings.output_size == "input" else work
@@ -540,18 +593,19 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
             say(f"{images[index]}: {image.size[0]}x{image.size[1]} is edited at "
                 f"{work[0]}x{work[1]} (long side {settings.size}, sides multiple of "
                 f"{multiple}){back}")
-        for k in range(settings.variations):
-            jobs.setdefault(work, []).append((index, k))
+        for k, candidate in enumerate(plan):  # one pipeline call runs one guidance
+            jobs.setdefault((work, candidate.guidance, candidate.image_guidance),
+                            []).append((index, k))
     written: list[Path] = []
     results: dict[tuple[int, int], Any] = {}
     maps: dict[tuple[int, int], Any] = {}
-    for work, items in jobs.items():
+    for (work, guidance, image_guidance), items in jobs.items():
         for start in range(0, len(items), settings.batch_size):
             batch = items[start:start + settings.batch_size]
             inputs = [originals[i].resize(work) for i, _ in batch]
-            generators = [torch.Generator("cpu").manual_seed(settings.seed + k) for _, k in batch]
-            call = dict(guidance_scale=settings.guidance,
-                        image_guidance_scale=settings.image_guidance, generator=generators)
+            generators = [torch.Generator("cpu").manual_seed(plan[k].seed) for _, k in batch]
+            call = dict(guidance_scale=guidance, image_guidance_scale=image_guidance,
+                        generator=generators)
             if settings.localize:
                 from editkit.diffusion.localize import edit_with_maps
 
@@ -565,6 +619,7 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
                 results[(i, k)] = edited
     for index, image in enumerate(originals):
         final = image.size if settings.output_size == "input" else results[(index, 0)].size
+        before = image.resize(final)
         soft = load_mask(mask, final, settings.feather) if mask else None
         segmented = None
         if settings.segment:
@@ -572,37 +627,78 @@ def run_edits(paths: list[str], settings: EditSettings, model: str, out: str | N
             segmented = save_region_mask(region_masks[index], final, where,
                                          region_stats[index], described)
             soft = load_mask(str(where), final, settings.feather)  # exactly as --mask
-        variants = []
-        for k in range(settings.variations):
+        edits, localized = [], []
+        for k in range(len(plan)):
             edited = results[(index, k)].resize(final)
-            localized = None
+            found = None
             if settings.localize:
-                where = found_masks[index][k]
-                localized = save_localized_mask(maps[(index, k)], final, where, words,
-                                                settings.localize_threshold)
-                soft = load_mask(str(where), final, settings.feather)  # exactly as --mask
-                if not localized["area"]:
+                found = localized_mask(maps[(index, k)], final, words,
+                                       settings.localize_threshold)
+                soft = saved_soft_mask(found[0], settings.feather)  # exactly as --mask
+                if not found[1]["area"]:
                     say(f"{images[index]}: no region stands out in the attention to "
                         f"{', '.join(words)}; the image is returned unchanged")
             if soft is not None:
-                edited = blend(image.resize(final), edited, soft)
-            record = {**asdict(settings), "seed": settings.seed + k, "input": str(images[index]),
-                      "mask": mask, "model": spec.describe(), "editkit": __version__,
-                      "working_size": list(results[(index, k)].size), "localize": localized,
-                      "segment": segmented}
-            save_with_settings(edited, targets[index][k], record)
-            written.append(targets[index][k])
-            if localized:
-                written.append(Path(localized["mask"]))
-            variants.append(edited)
+                edited = blend(before, edited, soft)
+            edits.append(edited)
+            localized.append(found)
+        common = {"input": str(images[index]), "mask": mask, "model": spec.describe(),
+                  "editkit": __version__, "segment": segmented}
+
+        def save(k: int, target: Path, extra: dict[str, Any]) -> None:
+            """Candidate k at `target`, its mask beside it when localized, recorded."""
+            record = {**asdict(settings), **common, **extra, "seed": plan[k].seed,
+                      "guidance": plan[k].guidance, "image_guidance": plan[k].image_guidance,
+                      "working_size": list(results[(index, k)].size), "localize": None}
+            if localized[k] is not None:
+                where = mask_path(target)
+                save_mask(localized[k][0], where)
+                record["localize"] = {**localized[k][1], "mask": str(where)}
+            save_with_settings(edits[k], target, record)
+            written.extend([target] + ([Path(record["localize"]["mask"])]
+                                       if record["localize"] else []))
+
+        shown = targets[index][:settings.variations] if settings.variations > 1 else []
+        chosen = None
+        if judge is not None:
+            from editkit.evaluation.best_of import choose, sidecar_path, summary
+
+            scored = judge.score(before, settings.instruction, edits, prepared[images[index]])
+            chosen = choose(scored)
+            picked = summary(plan, scored, chosen, judge.describe(), shown or None)
+            best = targets[index][-1]
+            say(f"{images[index]}: candidate {plan[chosen].number} of {len(plan)} is the best "
+                f"(score {picked['score']:.4g}; seed {plan[chosen].seed}, guidance "
+                f"{plan[chosen].guidance:g}" + ("" if plan[chosen].image_guidance is None else
+                                                 f", image guidance "
+                                                 f"{plan[chosen].image_guidance:g}") + ")")
+            save(chosen, best, {"best_of": picked})
+            from editkit.run.folder import atomic_write_json
+
+            atomic_write_json(sidecar_path(best), {
+                "input": str(images[index]), "instruction": settings.instruction,
+                "output": str(best), "model": spec.describe(), "editkit": __version__,
+                **picked})
+            written.append(sidecar_path(best))
+            for k, target in enumerate(shown):
+                save(k, target, {"best_of": {"candidate": plan[k].number,
+                                             "best": k == chosen, **scored[k],
+                                             "chosen": str(best)}})
+        else:
+            for k, target in enumerate(targets[index]):
+                save(k, target, {})
         if segmented:
             written.append(Path(segmented["mask"]))
-        if settings.variations > 1:
-            sheet = beside_variations(targets[index], "grid")
+        if shown:
             from editkit.run.folder import atomic_save_image
 
-            atomic_save_image(grid([image.resize(final)] + variants), sheet)
-            written.append(sheet)
+            sheet = grid([before] + edits)
+            if chosen is not None:
+                from editkit.evaluation.best_of import mark_best
+
+                sheet = mark_best(sheet, chosen + 1, before.size, min(4, len(edits) + 1))
+            atomic_save_image(sheet, beside_variations(shown, "grid"))
+            written.append(beside_variations(shown, "grid"))
     if failed or empty:
         raise SkippedImages(failed, total, written, empty)
     return written

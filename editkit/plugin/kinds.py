@@ -238,6 +238,16 @@ class Judge(Plugin):
     def edit(self, truth: dict[str, Any], edited: Any) -> Verdict:
         """Did `edited` (PIL) make the instructed change and keep everything else?"""
 
+    def truth_for(self, image: Any, instruction: str) -> dict[str, Any]:
+        """The truth `edit` needs to judge an edit of any `image` (PIL) by `instruction`, so
+        the judge can choose among an editor's candidates (`editkit edit --best-of`). A judge
+        that can read the truth from the image overrides this; the rest cannot judge images
+        they did not draw, and say so before any model loads."""
+        from editkit.errors import InputError
+
+        raise InputError(f"judge '{self.name}' judges only the held-out edits it draws, not "
+                         "an edit of a given image", "use --judge clip or --judge vlm")
+
 
 KINDS: dict[str, type[Plugin]] = {
     "caption generator": CaptionGenerator,

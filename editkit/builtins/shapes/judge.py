@@ -12,11 +12,13 @@ still a correct training example for the instruction). Reasons name what went wr
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
 
+from editkit.builtins.shapes import world
 from editkit.builtins.shapes.captions import ShapeEdit, edit_scene, scene_from_dict, scene_to_dict
 from editkit.builtins.shapes.oracle import read_scene, same_scene
 from editkit.builtins.shapes.world import Scene, Shape, draw, random_scene
@@ -64,6 +66,57 @@ def change_of(before: Scene, after: Scene) -> Change:
                 return Change(attribute, shape.kind, attribute, getattr(new[cell], attribute))
     raise InputError(f"the triplet's scenes are the same ({before.caption()})",
                      "shapes triplets change one attribute; regenerate the captions")
+
+
+def _words(*names: Any) -> str:
+    return "|".join(names)
+
+
+KIND, COLOUR, SIZE = _words(*world.SHAPES), _words(*world.COLOURS), _words(*world.SIZES)
+PLACE = (r"in the center|on the (?:left|right)|at the (?:top|bottom)"
+         r"|at the (?:top|bottom) (?:left|right)")
+INSTRUCTIONS = [  # the instructions the world's captions write (captions.edit_scene)
+    ("background", rf"make the background ({_words(*world.BACKGROUNDS)})"),
+    ("add", rf"add an? ({SIZE}) ({COLOUR}) ({KIND}) ({PLACE})"),
+    ("remove", rf"remove the ({KIND})"),
+    ("colour", rf"make the ({KIND}) ({COLOUR})"),
+    ("size", rf"make the ({KIND}) ({SIZE})"),
+    ("kind", rf"turn the ({KIND}) into an? ({KIND})"),
+]
+
+
+def place_cell(place: str) -> tuple[str, str]:
+    """(row, column) of a shape's place in words: "at the top left", "on the right", ..."""
+    words = place.split()[2:]
+    if words == ["center"]:
+        return "middle", "center"
+    row = next((w for w in words if w in world.ROWS), "middle")
+    column = next((w for w in words if w in world.COLUMNS), "center")
+    return row, column
+
+
+def change_of_instruction(instruction: str) -> Change:
+    """The change an instruction in the world's words asks for ("make the circle blue",
+    "add a small red square at the top left", ...), so an edit of any image of the world can
+    be judged; other wording is refused, naming what the judge reads."""
+    text = " ".join(instruction.lower().strip().rstrip(".!").split())
+    for kind, pattern in INSTRUCTIONS:
+        found = re.fullmatch(pattern, text)
+        if found is None:
+            continue
+        words = found.groups()
+        if kind == "background":
+            return Change("background", value=words[0])
+        if kind == "add":
+            size, colour, shape, place = words
+            return Change("add", value=Shape(shape, colour, size, *place_cell(place)))
+        if kind == "remove":
+            return Change("remove", target=words[0])
+        return Change(kind, words[0], kind, words[1])
+    raise InputError(f"the shapes judge cannot read the instruction {instruction!r}",
+                     'word it as the world does: "make the circle blue", "make the square '
+                     'large", "turn the circle into a triangle", "make the background black", '
+                     '"remove the square", "add a small red circle at the top left"')
 
 
 def apply_change(scene: Scene, change: Change) -> tuple[Scene | None, str | None]:
@@ -194,3 +247,18 @@ class ShapesJudge(Judge):
     def edit(self, truth: dict[str, Any], edited: Any) -> Verdict:
         before, after = truth_of(truth)
         return judge_change(before, change_of(before, after), read_scene(edited))
+
+    def truth_for(self, image: Any, instruction: str) -> dict[str, Any]:
+        """The oracle reads the scene `image` shows and makes the instruction's change to it:
+        the truth of that edit, as a held-out case's. An instruction that cannot be made on
+        that scene (no such shape, or already so) is refused: no edit of it can be good."""
+        before = read_scene(image)
+        change = change_of_instruction(instruction)
+        after, problem = apply_change(before, change)
+        if after is None or same_scene(after, before):
+            raise InputError(f"the shapes judge cannot judge {instruction!r} on this image "
+                             f"({before.caption()}): "
+                             f"{problem or 'the image already shows it'}",
+                             "give an instruction the image allows")
+        return {"edit_kind": change.edit_kind, "scene_before": scene_to_dict(before),
+                "scene_after": scene_to_dict(after)}
