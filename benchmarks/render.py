@@ -1,7 +1,10 @@
 """Seconds per pair: plain batched generation of the two prompts with diffusers' own
 pipeline of the model's family (`StableDiffusionPipeline` or `StableDiffusionXLPipeline`,
 prompt=[before, after], same model, steps, size and guidance) against each of our renderer
-modes, measured interleaved in one run, with the ratio.
+modes, measured interleaved in one run, with the ratio. And the `editor` renderer (a
+before-image drawn, then edited by `--editor`) against the sum of its parts with plain
+diffusers calls in the same run: one text-to-image generation of the before-image by the
+family's pipeline and one edit by the editor's own pipeline, same steps, guidance and size.
 
     python benchmarks/render.py                      # tiny-sd on the CPU
     python benchmarks/render.py --model tiny-sdxl --steps 10 --size 64
@@ -9,18 +12,22 @@ modes, measured interleaved in one run, with the ratio.
     python benchmarks/render.py --sd-sized --device cuda --size 512 --steps 50
     python benchmarks/render.py --sdxl-sized --device cuda --size 1024 --steps 30
     python benchmarks/render.py --sdxl-sized --dry   # builds it on the meta device only
+    python benchmarks/render.py --model shapes-sd --editor shapes-edit --steps 10 \
+        --edit-steps 20 --image-guidance 1.5 --guidance 1.5
 
 `--sd-sized` builds a randomly initialised model with Stable Diffusion 1.5's layout and
 sizes (UNet 860M, CLIP ViT-L text encoder, VAE) in memory, for GPU timings without weights;
 `--sdxl-sized` one with SDXL 1.0 base's (UNet 2.57B, CLIP ViT-L and OpenCLIP ViT-bigG text
 encoders, VAE), initialised on the GPU. `--dry` builds or loads the model, says what it is
-and exits without timing. The target: median ratio <= 1.15.
+and exits without timing. The targets: median ratio <= 1.15; the editor renderer within 10%
+of its parts (ratio <= 1.10).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +35,7 @@ from typing import Any, Callable
 
 BEFORE = "a photo of a red car and a tree on a quiet street"
 AFTER = "a photo of a blue car and a tree on a quiet street"
+EDIT = "make the car blue"
 LONGER = "a photo of a blue car and a small tree on a quiet street"
 
 
@@ -148,6 +156,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--editor", default="tiny-ip2p",
+                        help="the editor of the editor renderer's row (any editkit edit model)")
+    parser.add_argument("--edit-steps", type=int, default=None,
+                        help="the editor's steps (default: --steps)")
+    parser.add_argument("--guidance", type=float, default=7.5,
+                        help="the editor's text guidance")
+    parser.add_argument("--image-guidance", type=float, default=1.5,
+                        help="the editor's image guidance (InstructPix2Pix editors)")
     args = parser.parse_args()
 
     import torch
@@ -199,6 +215,8 @@ def main() -> None:
 
     cases: dict[str, Callable[[], None]] = {"diffusers pipeline (baseline)": baseline}
     cases.update({name: ours(name) for name in renderers})
+    editor_cases = editor_renderer(args, pipe, common)
+    cases.update(editor_cases)
     times: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
         fn()  # warm up
@@ -219,12 +237,65 @@ def main() -> None:
     print(f"{'mode':32} {'s/pair':>8} {'ratio':>7}")
     ratios = []
     for name, values in times.items():
+        if name in editor_cases:
+            continue
         value = statistics.median(values)
         ratio = value / base
         if name != "diffusers pipeline (baseline)":
             ratios.append(ratio)
         print(f"{name:32} {value:8.4f} {ratio:7.2f}")
     print(f"{'median ratio of our modes':32} {'':8} {statistics.median(ratios):7.2f}")
+    parts, whole = (statistics.median(times[name]) for name in editor_cases)
+    print(f"editor renderer, editor={args.editor} "
+          f"edit steps={args.edit_steps or args.steps}:")
+    print(f"{'text-to-image + edit (diffusers)':32} {parts:8.4f} {1:7.2f}")
+    print(f"{'editor renderer':32} {whole:8.4f} {whole / parts:7.2f}")
+
+
+def editor_renderer(args: Any, pipe: Any, common: dict[str, Any]
+                    ) -> dict[str, Callable[[], None]]:
+    """The two cases of the editor renderer's row: its parts as plain diffusers calls (the
+    text-to-image pipeline draws BEFORE, the editor's pipeline edits the images), and the
+    renderer, sharing the text-to-image weights and the editor."""
+    import torch
+
+    from editkit.builtins.editor import EditorRenderer, editor_family
+    from editkit.models import FLOW_FAMILIES
+    from editkit.plugin.kinds import RenderJob
+
+    steps = args.edit_steps or args.steps
+    family = editor_family(args.editor)
+    if family == "qwen-image-edit":
+        sys.exit("--editor: Qwen-Image-Edit's pipeline takes one image a call; time it with "
+                 "an InstructPix2Pix, FLUX.1 Kontext or FLUX.2 klein editor")
+    flow = family in FLOW_FAMILIES
+    made = EditorRenderer(EditorRenderer.Options(
+        model=common["model"], editor=args.editor, samples=args.samples, width=args.size,
+        height=args.size, before_steps=args.steps, before_guidance=7.5, steps=steps,
+        guidance=args.guidance, device=args.device, dtype=args.dtype,
+        **({} if flow else {"image_guidance": args.image_guidance})))
+    made._pipe = pipe
+    editor = made.editor()
+    # the SDXL editor works at its default size unless told the image's (as the renderer does)
+    size = {"height": args.size, "width": args.size} if flow or family == "sdxl-ip2p" else {}
+    triplet = {"id": "000000", "input": BEFORE, "edit": EDIT, "output": AFTER}
+
+    def parts() -> None:
+        generator = torch.Generator("cpu").manual_seed(0)
+        images = pipe(prompt=BEFORE, num_images_per_prompt=args.samples,
+                      num_inference_steps=args.steps, height=args.size, width=args.size,
+                      guidance_scale=7.5, generator=generator).images
+        generators = [torch.Generator("cpu").manual_seed(k) for k in range(args.samples)]
+        prompts = [EDIT] * args.samples
+        image_guidance = {} if flow else {"image_guidance_scale": args.image_guidance}
+        editor.pipe(prompt=prompts, image=images, num_inference_steps=steps,
+                    guidance_scale=args.guidance, generator=generators, **size,
+                    **image_guidance)
+
+    def whole() -> None:
+        list(made.render(RenderJob(triplets=[triplet], seed=0)))
+
+    return {"text-to-image + edit (diffusers)": parts, "editor renderer": whole}
 
 
 if __name__ == "__main__":

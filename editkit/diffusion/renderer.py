@@ -12,7 +12,7 @@ import hashlib
 import random
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydantic import Field, field_validator, model_validator
 
@@ -91,6 +91,21 @@ def draw(rng: random.Random, span: tuple[float, float]) -> float:
     return round(rng.uniform(*span), 4) if span[0] != span[1] else float(span[0])
 
 
+def planned(triplets: list[dict[str, Any]], samples: int, plan: Callable[[dict[str, Any]], Any]
+            ) -> Iterator[tuple[dict[str, Any], Any] | Reject]:
+    """Each triplet with what `plan` prepares for it, or, where `plan` raises TripletProblem,
+    one reject for each of the triplet's `samples`."""
+    for triplet in triplets:
+        try:
+            made = plan(triplet)
+        except TripletProblem as problem:
+            for n in range(samples):
+                yield Reject(problem.reason, problem.detail,
+                             data={"triplet_id": triplet["id"], "sample": n})
+            continue
+        yield triplet, made
+
+
 class PairRenderer(Renderer):
     Options = PairOptions
     _pipe: Any = None
@@ -131,14 +146,11 @@ class PairRenderer(Renderer):
 
     def render(self, job: RenderJob) -> Iterator[dict[str, Any] | Reject]:
         samples: list[Sample] = []
-        for triplet in job.triplets:
-            try:
-                plan = self.plan(triplet)
-            except TripletProblem as problem:
-                for n in range(self.options.samples):
-                    yield Reject(problem.reason, problem.detail,
-                                 data={"triplet_id": triplet["id"], "sample": n})
+        for item in planned(job.triplets, self.options.samples, self.plan):
+            if isinstance(item, Reject):
+                yield item
                 continue
+            triplet, plan = item
             for n in range(self.options.samples):
                 seed = sample_seed(job.seed, triplet["id"], n)
                 rng = random.Random(seed)

@@ -102,7 +102,37 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
     exactly. `start_step` skips the first steps of the `steps` schedule: sampling starts at
     `timesteps[start_step]` from `noise`, and `uncond`/`step_noise` hold one entry per step
     run; the controller counts only the steps run."""
-    count = len(batch)
+    texts = [text for pair in zip(batch.before, batch.after) for text in pair]
+    latents = _denoise(pipe, texts, batch.seeds, batch.guidance, batch.negative, 2, steps=steps,
+                       height=height, width=width, scheduler=scheduler, controller=controller,
+                       latent_hook=latent_hook, noise=noise, uncond=uncond,
+                       step_noise=step_noise, start_step=start_step)
+    pairs = latents.view(len(batch), 2, *latents.shape[1:])
+    return pairs[:, 0], pairs[:, 1]
+
+
+@torch.no_grad()
+def sample_images(pipe: Any, prompts: list[str], seeds: list[int], guidance: list[float], *,
+                  steps: int, height: int, width: int, scheduler: str = "default",
+                  negative: str = "") -> torch.Tensor:
+    """Text-to-image latents (samples, C, h, w), one image per prompt: each is the before
+    image `sample_pairs` gives for the same prompt, seed, guidance and settings (the same
+    loop, with one image per sample instead of two), at half its cost."""
+    return _denoise(pipe, list(prompts), seeds, guidance, negative, 1, steps=steps,
+                    height=height, width=width, scheduler=scheduler)
+
+
+def _denoise(pipe: Any, texts: list[str], seeds: list[int], guidance_scales: list[float],
+             negative: str, group: int, *, steps: int, height: int, width: int,
+             scheduler: str = "default", controller: AttentionController | None = None,
+             latent_hook: LatentHook | None = None, noise: torch.Tensor | None = None,
+             uncond: Sequence[torch.Tensor] | None = None,
+             step_noise: Sequence[torch.Tensor] | None = None, start_step: int = 0
+             ) -> torch.Tensor:
+    """The sampling loop of `sample_pairs` for `group` images per sample (`texts` holds
+    samples x group prompts, sample-major): all images of a sample start from its seed's
+    noise. The latent hook sees (before, after) and needs a group of two."""
+    count = len(seeds)
     latent_hw = latent_size(pipe, height, width)
     channels = pipe.unet.config.in_channels
     if noise is not None:
@@ -124,8 +154,7 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
                              "sampling steps: give one per step")
         for i, item in enumerate(step_noise):
             _check_shape(f"step_noise[{i}]", item, (count, channels, *latent_hw))
-    cond = [text for pair in zip(batch.before, batch.after) for text in pair]
-    conditioning = family_of(pipe).encode(pipe, [batch.negative] * (2 * count), cond,
+    conditioning = family_of(pipe).encode(pipe, [negative] * (group * count), texts,
                                           (height, width))
     embeds = conditioning.hidden
     if uncond is not None and conditioning.added is not None:
@@ -138,26 +167,26 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
         for i, item in enumerate(uncond):
             _check_shape(f"uncond[{i}]", item, (count, *embeds.shape[1:]))
     if noise is None:
-        latents = initial_noise(pipe, batch.seeds, latent_hw, (device, dtype))
-        latents = latents.repeat_interleave(2, dim=0)
+        latents = initial_noise(pipe, seeds, latent_hw, (device, dtype))
+        latents = latents.repeat_interleave(group, dim=0)
         latents = latents * sched.init_noise_sigma
     else:
-        latents = noise.to(device, dtype).repeat_interleave(2, dim=0)
-    guidance = torch.tensor(batch.guidance, device=latents.device,
-                            dtype=latents.dtype).repeat_interleave(2).view(-1, 1, 1, 1)
+        latents = noise.to(device, dtype).repeat_interleave(group, dim=0)
+    guidance = torch.tensor(guidance_scales, device=latents.device,
+                            dtype=latents.dtype).repeat_interleave(group).view(-1, 1, 1, 1)
     step_kwargs: dict[str, Any] = {}
     if "generator" in inspect.signature(sched.step).parameters:
-        # one generator per image, both images of a sample seeded alike: same step noise
+        # one generator per image, the images of a sample seeded alike: same step noise
         step_kwargs["generator"] = [torch.Generator(latents.device).manual_seed(int(s) + 1)
-                                    for s in batch.seeds for _ in range(2)]
+                                    for s in seeds for _ in range(group)]
     control = controller or AttentionController()
     with attention_control(pipe.unet, control) if controller is not None else nullcontext():
-        control.begin(latent_hw, (2, count, 2))
+        control.begin(latent_hw, (2, count, group))
         for i, t in enumerate(timesteps):
             control.begin_step(i, len(timesteps))
             if uncond is not None:
-                shared = uncond[i].to(embeds.device, embeds.dtype).repeat_interleave(2, dim=0)
-                embeds = torch.cat([shared, embeds[2 * count:]])
+                shared = uncond[i].to(embeds.device, embeds.dtype).repeat_interleave(group, 0)
+                embeds = torch.cat([shared, embeds[group * count:]])
             model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
             conditioning.hidden = embeds
             output = pipe.unet(model_in, t, **conditioning.unet_kwargs(), return_dict=False)[0]
@@ -165,7 +194,7 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
             guided = out_uncond + guidance * (out_text - out_uncond)
             if step_noise is not None:
                 shared = step_noise[i].to(latents.device, latents.dtype)
-                step_kwargs = {"eta": 1.0, "variance_noise": shared.repeat_interleave(2, 0)}
+                step_kwargs = {"eta": 1.0, "variance_noise": shared.repeat_interleave(group, 0)}
             latents = sched.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
             if latent_hook is not None:
                 pairs = latents.view(count, 2, *latents.shape[1:])
@@ -182,8 +211,7 @@ def sample_pairs(pipe: Any, batch: PairBatch, *, steps: int, height: int, width:
                 _check_shape("latent_hook's after", after, tuple(pairs[:, 1].shape))
                 latents = torch.stack([before.to(latents.dtype), after.to(latents.dtype)],
                                       dim=1).flatten(0, 1)
-    pairs = latents.view(count, 2, *latents.shape[1:])
-    return pairs[:, 0], pairs[:, 1]
+    return latents
 
 
 @torch.no_grad()

@@ -124,7 +124,7 @@ def test_a_missing_recipe_file_named_like_a_built_in_says_how_to_get_it(cli):
            "it here to edit (editkit recipes copy quickstart)" in result.stderr
     unknown = cli("run", "kitchens")
     assert unknown.returncode == 2
-    assert "no such file or built-in recipe; built-in recipes: dreambooth" in unknown.stderr
+    assert "no such file or built-in recipe; built-in recipes: distill-klein, dreambooth" in unknown.stderr
 
 
 def write(folder: Path, captions_options: dict, render: dict | None = None) -> Path:

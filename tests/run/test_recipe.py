@@ -28,7 +28,7 @@ filtrs: []
     err = result.stderr
     assert "3 problems" in err
     assert "filtrs: unknown key (did you mean 'filters'?)" in err
-    assert "render.use: unknown renderer 'p2pp'; installed: masked-blend, photo, prompt-to-prompt" in err
+    assert "render.use: unknown renderer 'p2pp'; installed: editor, masked-blend, photo, prompt-to-prompt" in err
     assert "captions.options.max_objects: Input should be a valid integer" in err
     assert "'many'" in err
     assert "Traceback" not in err
