@@ -470,11 +470,7 @@ class EditTask:
                              image_guidance_scale=self.options.image_guidance_scale,
                              **self.parts.family.editor_call_kwargs(before.size)).images[0]
             image = image.resize(after.size)
-            sheet = Image.new("RGB", (after.width * 3, after.height))
-            for k, im in enumerate((before, image, after)):
-                sheet.paste(im, (k * after.width, 0))
-            sheet.save(out_dir / f"{row.id}.png")
-            self.tracker.image(f"samples/{row.id}", sheet, step)
+            self.tracker.sample_sheet(out_dir, row.id, [before, image, after], step)
             l1.append(l1_distance(after, image))
             triples.append((row, before, image))
         if was_training:

@@ -280,14 +280,17 @@ class FlowEditTask:
                 self._cached_latents(*key)
             log(f"latents cached: {len(keys)} images in {self.cache_dir / 'latents'}")
         if o.cache_text:
-            wanted = [(row, m) for i, row in enumerate(self.rows) for m in flips]
-            wanted += [(row, False) for row in self._validation_rows()]
-            for row, mirror in wanted:
-                self._row_text(self.rows.index(row) if row in self.rows else -1, row, mirror)
-                if o.text_dropout:
-                    self._row_text(-1, row, mirror, prompt="")
-            if self.negative is not None:  # what the validation edits guide against
-                for row in self._validation_rows():
+            # keyed as `loss` asks for them (a training row's own bucket) and as validation
+            # asks (index -1: the square it edits at), which differ for a family whose text
+            # encoder reads the image
+            for i, row in enumerate(self.rows):
+                for mirror in flips:
+                    self._row_text(i, row, mirror)
+                    if o.text_dropout:
+                        self._row_text(i, row, mirror, prompt="")
+            for row in self._validation_rows():
+                self._row_text(-1, row, False)
+                if self.negative is not None:  # what the validation edits guide against
                     self._row_text(-1, row, False, prompt=self.negative)
             log(f"text cached: {len(self._text)} embeddings in {self.cache_dir / 'text'}")
             for name in self.family.text_parts:  # not needed again: free their memory
@@ -482,12 +485,9 @@ class FlowEditTask:
                 prompts = [row.prompt]
             with torch.no_grad(), autocast():
                 image = self.family.edit(pipe, prompts, [before], self.steps, **call)[0]
-            sheet = Image.new("RGB", (after.width * 3, after.height))
-            for k, im in enumerate((before, image.resize(after.size), after)):
-                sheet.paste(im, (k * after.width, 0))
-            sheet.save(out_dir / f"{row.id}.png")
-            self.tracker.image(f"samples/{row.id}", sheet, step)
-            l1.append(l1_distance(after, image.resize(after.size)))
+            image = image.resize(after.size)
+            self.tracker.sample_sheet(out_dir, row.id, [before, image, after], step)
+            l1.append(l1_distance(after, image))
         transformer.train(was_training)
         metrics: dict[str, Any] = {"l1": round(float(np.mean(l1)), 6), "images": len(rows),
                                    "held_out": bool(self.held_out)}

@@ -67,6 +67,18 @@ class Tracker:
         if writer is not None:
             writer.add_image(name, np.asarray(image.convert("RGB")), step, dataformats="HWC")
 
+    def sample_sheet(self, folder: Any, name: str, images: list[Any], step: int) -> None:
+        """`images` (before, edit, target; all one size) side by side, saved as
+        `folder/name.png` and logged as `samples/name`."""
+        from PIL import Image
+
+        width, height = images[0].size
+        sheet = Image.new("RGB", (width * len(images), height))
+        for k, im in enumerate(images):
+            sheet.paste(im, (k * width, 0))
+        sheet.save(Path(folder) / f"{name}.png")
+        self.image(f"samples/{name}", sheet, step)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
